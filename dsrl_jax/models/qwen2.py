@@ -1,0 +1,262 @@
+"""Qwen2 causal language model in Flax NNX, with a pure functional entry point.
+
+Modules define the parameters (with logical axis names for sharding) and the math. The
+decoder layers are created stacked along a leading "layers" axis, so the parameter tree
+is the same whether the forward pass scans over layers or unrolls them, and a checkpoint
+written by one loads in the other.
+
+Hot paths never hold a module: they call
+
+    forward(cfg, params, tokens, positions, kv_mask, cache=None, cache_index=0)
+
+with `params` a plain nested dict of arrays (see `init_params`). The NNX graph is rebuilt
+from `cfg` at trace time only, so there is no per-call Python graph walking.
+
+Attention masking covers left-padded batches and incremental decoding alike: key slot s is
+visible to the query written at slot t iff `kv_mask[b, s]` and `s <= t`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dsrl_jax.models import attention
+from dsrl_jax.models.config import Qwen2Config
+
+# Parameters carry logical axis names as metadata; they are mapped to mesh axes later
+# (dsrl_jax.parallel), so creating them must not require a mesh.
+flax.config.update("flax_always_shard_variable", False)
+
+Params = dict[str, Any]
+Cache = dict[str, jax.Array]  # {"k": [L, B, S, Hkv, D], "v": [L, B, S, Hkv, D]}
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, scale: float | None = None) -> nnx.Param:
+    if scale is None:  # norms start at one
+        value = jnp.ones(shape, dtype)
+    elif scale == 0.0:  # biases start at zero
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = scale * jax.random.normal(rngs.params(), shape, dtype)
+    return nnx.Param(value, out_sharding=axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype, *, rngs: nnx.Rngs):
+        self.scale = _param(rngs, (dim,), ("norm",), param_dtype)
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # Same order of operations as the reference: normalise in fp32, cast, then scale.
+        h = x.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * h.astype(x.dtype)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin of shape [B, T, head_dim] for integer positions [B, T] (fp32)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x: [B, T, H, D]; rotates pairs (i, i + D/2) as the reference implementation does."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    xf = x.astype(jnp.float32)
+    out = xf * cos[:, :, None, :] + rotated.astype(jnp.float32) * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+        e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
+        pd, s = cfg.param_dtype, 0.02
+        self.q_proj = _param(rngs, (e, h, d), ("embed", "q_heads", "head_dim"), pd, s)
+        self.k_proj = _param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), pd, s)
+        self.v_proj = _param(rngs, (e, kv, d), ("embed", "kv_heads", "head_dim"), pd, s)
+        self.q_bias = _param(rngs, (h, d), ("q_heads", "head_dim"), pd, 0.0)
+        self.k_bias = _param(rngs, (kv, d), ("kv_heads", "head_dim"), pd, 0.0)
+        self.v_bias = _param(rngs, (kv, d), ("kv_heads", "head_dim"), pd, 0.0)
+        self.o_proj = _param(rngs, (h, d, e), ("q_heads", "head_dim", "embed"), pd, s)
+        self.cfg = cfg
+
+    def __call__(self, x, cos, sin, kv_mask, cache_kv, cache_index):
+        cfg, dt = self.cfg, x.dtype
+        q = jnp.einsum("bte,ehd->bthd", x, self.q_proj[...].astype(dt)) + self.q_bias[...].astype(dt)
+        k = jnp.einsum("bte,ehd->bthd", x, self.k_proj[...].astype(dt)) + self.k_bias[...].astype(dt)
+        v = jnp.einsum("bte,ehd->bthd", x, self.v_proj[...].astype(dt)) + self.v_bias[...].astype(dt)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache_kv is not None:  # write this step's keys/values at their slots, attend over all
+            ck, cv = cache_kv
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+            cache_kv = (k, v)
+        out = attention.attend(
+            q, k.astype(dt), v.astype(dt), kv_mask, cache_index,
+            impl=cfg.attention_impl, block_size=cfg.attention_block_size,
+        )
+        return jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(dt)), cache_kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+        e, f, pd, s = cfg.hidden_size, cfg.intermediate_size, cfg.param_dtype, 0.02
+        self.gate_proj = _param(rngs, (e, f), ("embed", "mlp"), pd, s)
+        self.up_proj = _param(rngs, (e, f), ("embed", "mlp"), pd, s)
+        self.down_proj = _param(rngs, (f, e), ("mlp", "embed"), pd, s)
+
+    def __call__(self, x):
+        dt = x.dtype
+        gate = jax.nn.silu(x @ self.gate_proj[...].astype(dt))
+        return (gate * (x @ self.up_proj[...].astype(dt))) @ self.down_proj[...].astype(dt)
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, cos, sin, kv_mask, cache_kv, cache_index):
+        h, cache_kv = self.attn(self.input_norm(x), cos, sin, kv_mask, cache_kv, cache_index)
+        x = x + h
+        return x + self.mlp(self.post_attn_norm(x)), cache_kv
+
+
+_REMAT_POLICY = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Qwen2ForCausalLM(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg.param_dtype, 0.02)
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_layers(rngs):
+            return DecoderLayer(cfg, rngs=rngs)
+
+        self.layers = make_layers(rngs)
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.param_dtype, 0.02)
+
+    def hidden_states(self, tokens, positions, kv_mask, cache=None, cache_index=0):
+        """Final normalised hidden states [B, T, E] and the updated cache."""
+        cfg = self.cfg
+        dt = jnp.dtype(cfg.dtype)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+        cos, sin = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta)
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def layer_fn(x, state, cache_kv):
+            return nnx.merge(graphdef, state)(x, cos, sin, kv_mask, cache_kv, cache_index)
+
+        if cfg.remat != "none":
+            layer_fn = jax.checkpoint(layer_fn, policy=_REMAT_POLICY[cfg.remat])
+
+        caches = None if cache is None else (cache["k"], cache["v"])
+        if cfg.scan_layers:
+            def body(x, xs):
+                state, cache_kv = xs
+                x, cache_kv = layer_fn(x, state, cache_kv)
+                return x, cache_kv
+
+            x, new_caches = jax.lax.scan(body, x, (layer_state, caches))
+        else:
+            outs = []
+            for i in range(cfg.num_layers):
+                state_i = jax.tree.map(lambda a: a[i], layer_state)
+                cache_i = None if caches is None else (caches[0][i], caches[1][i])
+                x, cache_i = layer_fn(x, state_i, cache_i)
+                outs.append(cache_i)
+            new_caches = None if caches is None else tuple(jnp.stack(c) for c in zip(*outs))
+        new_cache = None if cache is None else {"k": new_caches[0], "v": new_caches[1]}
+        return self.final_norm(x), new_cache
+
+    def head_weight(self) -> jax.Array:
+        """[E, V] output projection (the transposed embedding when tied)."""
+        return self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
+
+    def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=0):
+        h, cache = self.hidden_states(tokens, positions, kv_mask, cache, cache_index)
+        return h @ self.head_weight().astype(h.dtype), cache
+
+
+# ---- pure functional API ----------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract(cfg: Qwen2Config):
+    """(graphdef, abstract state) of the model for `cfg`; shapes only, no arrays."""
+    return nnx.split(nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0))))
+
+
+def init_params(cfg: Qwen2Config, rng: jax.Array | int = 0) -> Params:
+    """Random parameters (normal, std 0.02; norms one; biases zero) as a plain dict."""
+    if isinstance(rng, int):
+        rng = jax.random.key(rng)
+    model = Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(params=rng))
+    return nnx.split(model)[1].to_pure_dict()
+
+
+def abstract_params(cfg: Qwen2Config) -> Params:
+    """jax.ShapeDtypeStruct for every parameter, in the `init_params` layout."""
+    return _abstract(cfg)[1].to_pure_dict()
+
+
+def logical_axes(cfg: Qwen2Config) -> Params:
+    """Logical axis names (tuple of str) for every parameter, in the `init_params` layout."""
+    state = _abstract(cfg)[1]
+    names = nnx.get_partition_spec(state).to_pure_dict()
+    return jax.tree.map(tuple, names, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def bind(cfg: Qwen2Config, params: Params) -> Qwen2ForCausalLM:
+    """An NNX module view of `params` (inside jit this costs trace time only)."""
+    graphdef, state = _abstract(cfg)
+    state = jax.tree.map(lambda x: x, state)  # a fresh copy to fill
+    state.replace_by_pure_dict(params)
+    return nnx.merge(graphdef, state)
+
+
+def forward(cfg: Qwen2Config, params: Params, tokens, positions, kv_mask, cache=None, cache_index=0,
+            *, return_hidden: bool = False):
+    """Logits [B, T, V] (or final hidden states [B, T, E]) and the updated cache.
+
+    tokens, positions: int [B, T]. kv_mask: bool [B, S], which key slots hold real tokens
+    (S = T without a cache, the cache length with one). With a cache, the T new tokens are
+    written at slots [cache_index, cache_index + T).
+    """
+    model = bind(cfg, params)
+    if return_hidden:
+        return model.hidden_states(tokens, positions, kv_mask, cache, cache_index)
+    return model(tokens, positions, kv_mask, cache, cache_index)
+
+
+def head_weight(cfg: Qwen2Config, params: Params) -> jax.Array:
+    """[E, V] LM head (for chunked log-prob computation from hidden states)."""
+    return params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+
+
+def init_cache(cfg: Qwen2Config, batch: int, length: int, dtype="bfloat16") -> Cache:
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.dim_per_head)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """Rope positions for a (left- or right-) padded batch: 0, 1, ... over real tokens."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)

@@ -1,0 +1,126 @@
+"""Device mesh, logical-axis sharding rules, and multi-host initialisation.
+
+Parameters carry logical axis names ("embed", "mlp", "q_heads", ...). A rule table maps
+each logical name to a mesh axis (or a tuple of them, or None for replicated). The same
+model code then runs on 1 CPU, 8 fake CPU devices, a TPU slice or a pod: only the mesh
+shape and the rules change, and both live in the config.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# FSDP over the embedding dimension, tensor parallelism over heads / mlp / vocab.
+DEFAULT_RULES: dict[str, Any] = {
+    "batch": ("data", "fsdp"),
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "q_heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "layers": None,
+    "norm": None,
+    "length": None,
+}
+
+
+def mesh_shape(shape: Mapping[str, int], num_devices: int | None = None) -> dict[str, int]:
+    """Resolves one -1 entry so that the product equals the number of devices."""
+    n = jax.device_count() if num_devices is None else num_devices
+    shape = {a: int(shape.get(a, 1)) for a in MESH_AXES}
+    unknown = [a for a, s in shape.items() if s == -1]
+    if len(unknown) > 1:
+        raise ValueError(f"mesh: at most one axis may be -1, got {dict(shape)}")
+    known = math.prod(s for s in shape.values() if s != -1)
+    if unknown:
+        if n % known:
+            raise ValueError(f"mesh: {n} devices do not divide by the fixed axes {dict(shape)}")
+        shape[unknown[0]] = n // known
+    if math.prod(shape.values()) != n:
+        raise ValueError(f"mesh: shape {dict(shape)} needs {math.prod(shape.values())} devices, have {n}")
+    return shape
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh with axes (data, fsdp, tensor); default: all devices on fsdp."""
+    devices = list(jax.devices() if devices is None else devices)
+    resolved = mesh_shape(shape or {"fsdp": -1}, len(devices))
+    dims = tuple(resolved[a] for a in MESH_AXES)
+    # Compiler-propagated sharding: jit in/out shardings decide, no sharding-in-types.
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    if len(devices) == jax.device_count():
+        return jax.make_mesh(dims, MESH_AXES, axis_types=axis_types, devices=devices)
+    return Mesh(np.asarray(devices).reshape(dims), MESH_AXES, axis_types=axis_types)
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules: Mapping[str, Any] | None = None) -> P:
+    """PartitionSpec for one array. A dimension whose size the mapped mesh axes do not
+    divide is replicated (e.g. 2 KV heads on a tensor axis of 4), and a mesh axis is used
+    at most once per array."""
+    rules = DEFAULT_RULES if rules is None else rules
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(axes, shape):
+        target = rules.get(name) if name is not None else None
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        targets = tuple(a for a in targets if a not in used and mesh.shape.get(a, 1) > 1)
+        if targets and size % math.prod(mesh.shape[a] for a in targets) == 0:
+            used.update(targets)
+            spec.append(targets[0] if len(targets) == 1 else targets)
+        else:
+            spec.append(None)
+    return P(*spec)
+
+
+def param_shardings(logical: Any, abstract: Any, mesh: Mesh, rules: Mapping[str, Any] | None = None) -> Any:
+    """NamedSharding tree for a parameter tree, from its logical axes and shapes."""
+    is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
+    return jax.tree.map(
+        lambda axes, a: NamedSharding(mesh, logical_to_spec(axes, a.shape, mesh, rules)),
+        logical, abstract, is_leaf=is_axes,
+    )
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Mapping[str, Any] | None = None) -> NamedSharding:
+    """Sharding for [batch, ...] arrays: the batch over the data-parallel axes."""
+    rules = DEFAULT_RULES if rules is None else rules
+    target = rules["batch"]
+    targets = (target,) if isinstance(target, str) else tuple(target)
+    targets = tuple(a for a in targets if mesh.shape.get(a, 1) > 1) or None
+    return NamedSharding(mesh, P(targets, *([None] * (ndim - 1))))
+
+
+def data_parallel_size(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> int:
+    rules = DEFAULT_RULES if rules is None else rules
+    target = rules["batch"]
+    targets = (target,) if isinstance(target, str) else tuple(target)
+    return math.prod(mesh.shape.get(a, 1) for a in targets)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """`jax.distributed.initialize` for multi-host runs (TPU pods, multi-node GPU, or
+    several CPU processes on one machine). Arguments fall back to the environment
+    (DSRL_COORDINATOR, DSRL_NUM_PROCESSES, DSRL_PROCESS_ID); on TPU pods they may all be
+    omitted. CPU processes use gloo collectives."""
+    coordinator = coordinator or os.environ.get("DSRL_COORDINATOR")
+    num_processes = num_processes or int(os.environ.get("DSRL_NUM_PROCESSES", "0") or 0) or None
+    if process_id is None and os.environ.get("DSRL_PROCESS_ID"):
+        process_id = int(os.environ["DSRL_PROCESS_ID"])
+    if jax.config.jax_platforms and "cpu" in jax.config.jax_platforms:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
