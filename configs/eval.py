@@ -1,0 +1,26 @@
+"""Benchmark evaluation (dsrl_jax/evaluate.py), with the paper's settings.
+
+    python -m dsrl_jax.evaluate --config=configs/eval.py --workdir=/tmp/eval \
+        --config.model=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --config.benchmarks=aime24,math500
+
+Paper: pass@1 over 16 samples (AIME24, MATH-500) and 4 (LiveCodeBench), temperature 0.6,
+top_p 0.95, up to 32k new tokens. `n=0` picks 16 / 4 by each benchmark's domain.
+Offline: --config.benchmarks=aime24=../shared/data/math/aime24.jsonl,lcb=../shared/data/code/lcb_2408_2501_public.json
+"""
+from dsrl_jax.evaluate import default_eval_config
+
+
+def get_config():
+    config = default_eval_config()
+    config.model = ""  # HF checkpoint dir, hub id, or a training workdir (latest checkpoint)
+    config.dtype = "bfloat16"  # activations; params keep the checkpoint's stored dtype
+    config.benchmarks = "aime24,math500,livecodebench"
+    config.n = 0  # 0: 16 for math benchmarks, 4 for code (LiveCodeBench)
+    config.temperature = 0.6
+    config.top_p = 0.95
+    config.max_new_tokens = 32768
+    config.batch_size = 8  # prompts per sampler call; each prompt gets n samples
+    config.limit = 0  # first N problems per benchmark (smoke runs); 0 = all
+    config.reward_workers = 4
+    config.seed = 0
+    return config
