@@ -113,6 +113,7 @@ class RewardPool:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = mp.Pipe(duplex=False)
         self._closed = False
+        self._start_failures = 0
         self._workers: list[_Worker] = []
         if num_workers > 0:
             self._ctx = mp.get_context(start_method)
@@ -125,7 +126,7 @@ class RewardPool:
         if len(responses) != len(records):
             raise ValueError(f"{len(responses)} responses but {len(records)} records")
         if self._closed:
-            raise RuntimeError("RewardPool is closed")
+            raise RuntimeError("RewardPool is closed (or its workers failed to start)")
         futures = [concurrent.futures.Future() for _ in responses]
         if self.num_workers == 0:
             for fut, response, record in zip(futures, responses, records):
@@ -141,7 +142,7 @@ class RewardPool:
         return self.submit(responses, records).result()
 
     def close(self) -> None:
-        if self._closed:
+        if self._wake_w.closed:
             return
         self._closed = True
         if self.num_workers > 0:
@@ -174,12 +175,29 @@ class RewardPool:
     def _replace(self, i: int, error: str) -> None:
         """Kill worker i, fail its item with `error`, start a fresh worker in its place."""
         w = self._workers[i]
+        if not w.ready:  # died before it could import: do not respawn forever
+            self._start_failures += 1
+            if self._start_failures >= 3:
+                self._fail_all(RuntimeError(f"reward workers die at startup (exit code {w.proc.exitcode})"))
+                return
         if w.task is not None:
             w.task[1].set_result(RewardResult(0.0, {"error": error, "correct": False}))
             w.task = None
         self.stats[error] += 1
         w.stop()
         self._workers[i] = _Worker(self._ctx, self._cfg)
+
+    def _fail_all(self, exc: Exception) -> None:
+        self._closed = True
+        with self._lock:
+            items = [(fut) for _, fut, _, _ in self._queue] + [w.task[1] for w in self._workers if w.task]
+            self._queue.clear()
+        for fut in items:
+            if not fut.done():
+                fut.set_exception(exc)
+        for w in self._workers:
+            w.task = None
+            w.stop()
 
     def _dispatch(self) -> None:
         while not self._closed:
@@ -203,6 +221,8 @@ class RewardPool:
             conns = {w.conn: i for i, w in enumerate(self._workers)}
             ready = mpc.wait([*conns, self._wake_r], timeout=min(wait_s, 1.0) + 0.01)
             for conn in ready:
+                if self._closed:
+                    break
                 if conn is self._wake_r:
                     while self._wake_r.poll():
                         self._wake_r.recv_bytes()
@@ -216,6 +236,7 @@ class RewardPool:
                     continue
                 if msg == "ready":
                     w.ready = True
+                    self._start_failures = 0
                 elif w.task is not None and msg[0] == w.task[0]:
                     w.task[1].set_result(msg[1])
                     w.task = None
