@@ -80,6 +80,11 @@ class BatchHandle:
     def __init__(self, futures: list[concurrent.futures.Future]):
         self._futures = futures
 
+    @property
+    def futures(self) -> list[concurrent.futures.Future]:
+        """One future per item, e.g. for `concurrent.futures.as_completed` progress bars."""
+        return list(self._futures)
+
     def done(self) -> bool:
         return all(f.done() for f in self._futures)
 
