@@ -24,16 +24,11 @@ from tqdm import tqdm
 
 from dsrl_jax import eval_metrics
 from dsrl_jax.data.adapters import load_problems
+from dsrl_jax.data.prompts import format_prompt
 from dsrl_jax.models import hf, qwen2
 from dsrl_jax.models.config import Qwen2Config
 from dsrl_jax.sampling import FINISH_REASONS, SampleOptions, Sampler
 
-MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-CODE_INSTRUCTION = (  # LiveCodeBench's code-generation instruction, lightly condensed
-    "Write a Python program that solves the problem. Enclose your final code in a single "
-    "```python ...``` block.")
-CODE_STDIN = "Read the input from standard input and write the answer to standard output."
-CODE_STARTER = "Use the following starter code and complete it:\n```python\n{starter}\n```"
 DEFAULT_N = {"math": 16, "code": 4}  # the paper: 16 samples (AIME24, MATH-500), 4 (LCB)
 
 
@@ -68,6 +63,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.top_k = 0
     c.max_new_tokens = 32768
     c.limit = 0  # first N problems of each benchmark; 0 = all
+    c.prompt_mode = "auto"  # data/prompts.py: chat template if the tokenizer has one, else plain
     c.batch_size = 8  # prompts per sampler call (each with n samples)
     c.seed = 0
     c.reward_workers = 2
@@ -191,23 +187,27 @@ def load_policy(model_spec: str, **cfg_options) -> tuple[Qwen2Config, dict, str]
     return cfg, state["params"], os.path.join(workdir, "tokenizer")
 
 
-# ---- prompts ----------------------------------------------------------------------------
-def prompt_text(record: dict) -> str:
-    """The user message: the problem and its domain's instruction."""
-    if record["domain"] == "math":
-        return f"{record['problem']}\n{MATH_INSTRUCTION}"
-    how = CODE_STARTER.format(starter=record["starter_code"]) if record.get("starter_code") else CODE_STDIN
-    return f"{record['problem']}\n\n{CODE_INSTRUCTION} {how}"
+# ---- prompts and decoding ---------------------------------------------------------------
+def prompt_ids(record: dict, tokenizer, mode: str = "auto") -> list[int]:
+    """The chat-templated prompt with the domain's instruction (shared with training)."""
+    return format_prompt(record, tokenizer, mode)
 
 
-def prompt_ids(record: dict, tokenizer) -> list[int]:
-    """Token ids of the chat-templated prompt (data/prompts.py's formatter when present)."""
+def _decode(tokenizer, ids: list[int]) -> str:
     try:
-        from dsrl_jax.data.prompts import format_prompt
-    except ImportError:
-        return hf.chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt_text(record)}])
-    got = format_prompt(record, tokenizer)
-    return tokenizer(got, add_special_tokens=False)["input_ids"] if isinstance(got, str) else list(got)
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    except TypeError:  # a minimal tokenizer (the CPU demo's): decode(ids) only
+        return tokenizer.decode(ids)
+
+
+def default_stop_ids(cfg: Qwen2Config, tokenizer, model_dir: str | None = None) -> list[int]:
+    """generation_config.json's EOS ids, the tokenizer's EOS and the model config's EOS."""
+    ids = hf.stop_token_ids(tokenizer, model_dir) if hasattr(tokenizer, "eos_token_id") else []
+    eos = cfg.eos_token_id
+    for i in (eos if isinstance(eos, tuple) else (eos,)):
+        if i is not None and i not in ids:
+            ids.append(i)
+    return ids
 
 
 # ---- responses on disk (resumable) ------------------------------------------------------
@@ -230,7 +230,7 @@ def read_complete(path: str, n: int) -> dict[str, list[dict]]:
             continue
     done = {pid: [got[j] for j in range(n)] for pid, got in rows.items() if all(j in got for j in range(n))}
     kept = [json.dumps(r) for samples in done.values() for r in samples]
-    if kept != text.splitlines():  # something to drop: rewrite atomically
+    if kept != text.splitlines() or not text.endswith("\n"):  # something to drop: rewrite atomically
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in kept))
         os.replace(path + ".tmp", path)
@@ -281,14 +281,15 @@ def evaluate_benchmark(name, records, cfg, params, tokenizer, opts, sampler, poo
     key = jax.random.fold_in(jax.random.PRNGKey(int(opts.seed)), zlib.crc32(name.encode()) & 0x7FFFFFFF)
     # R1-style templates open <think> in the prompt; grading must see it (an unclosed
     # think block, i.e. truncated reasoning, has no final answer).
-    prefix = "<think>\n" if tokenizer.decode(prompt_ids(records[0], tokenizer)[-3:]).rstrip().endswith("<think>") else ""
+    mode = opts.get("prompt_mode", "auto")
+    prefix = "<think>\n" if tokenizer.decode(prompt_ids(records[0], tokenizer, mode)[-3:]).rstrip().endswith("<think>") else ""
     bs = max(1, int(opts.batch_size))
     with tqdm(total=len(records), initial=len(records) - len(todo), desc=name, unit="problem") as bar:
         for start in range(0, len(todo), bs):
             batch = todo[start:start + bs]
             rng = jax.random.fold_in(key, index[batch[0]["id"]])
-            out = sampler.sample(params, [prompt_ids(r, tokenizer) for r in batch], rng, sample_opts)
-            texts = [tokenizer.decode(out.completion(i), skip_special_tokens=True) for i in range(len(batch) * n)]
+            out = sampler.sample(params, [prompt_ids(r, tokenizer, mode) for r in batch], rng, sample_opts)
+            texts = [_decode(tokenizer, out.completion(i)) for i in range(len(batch) * n)]
             results = pool.score([prefix + t for t in texts], [batch[i // n] for i in range(len(texts))])
             rows = _rows(batch, out, texts, results, n)
             if path:  # one write per batch of complete problems
@@ -314,7 +315,7 @@ def evaluate_policy(cfg, params, tokenizer, benchmarks, opts, sampler=None, work
     if isinstance(benchmarks, str):
         benchmarks = {name: load_benchmark(name, path, opts) for name, path in parse_benchmarks(benchmarks)}
     sampler = sampler or Sampler(cfg)
-    stops = stop_token_ids if stop_token_ids is not None else hf.stop_token_ids(tokenizer)
+    stops = stop_token_ids if stop_token_ids is not None else default_stop_ids(cfg, tokenizer)
     own_pool = pool is None
     pool = pool or RewardPool(DEFAULT_CONFIG, num_workers=int(opts.reward_workers))
     summary = {}
@@ -348,7 +349,7 @@ def run(config, workdir: str) -> dict:
     benchmarks = {name: load_benchmark(name, path, config) for name, path in parse_benchmarks(config.benchmarks)}
     cfg, params, tok_dir = load_policy(config.model, dtype=config.get("dtype", "float32"))
     tokenizer = hf.load_tokenizer(tok_dir)
-    stops = hf.stop_token_ids(tokenizer, tok_dir)
+    stops = default_stop_ids(cfg, tokenizer, tok_dir)
     os.makedirs(workdir, exist_ok=True)
     summary = evaluate_policy(cfg, params, tokenizer, benchmarks, config, workdir=workdir,
                               stop_token_ids=stops)

@@ -127,7 +127,7 @@ def test_prompts_use_chat_template_and_domain_instruction(r1_tokenizer_dir):
     tok = hf.load_tokenizer(str(r1_tokenizer_dir))
     math = {"id": "m", "domain": "math", "problem": "What is 1+1?", "answer": "2"}
     text = tok.decode(ev.prompt_ids(math, tok))
-    assert "What is 1+1?\n" + ev.MATH_INSTRUCTION in text
+    assert "What is 1+1?\nPlease reason step by step, and put your final answer within \\boxed{}." in text
     assert text.startswith("<｜begin▁of▁sentence｜>") and text.endswith("<｜Assistant｜><think>\n")
     code = {"id": "c", "domain": "code", "problem": "Add.", "starter_code": "class Solution:\n    def add(self, a, b):",
             "tests": [{"testtype": "functional", "input": "1\n2", "output": "3"}]}
@@ -156,6 +156,9 @@ def test_read_complete_drops_partial_problems_and_corrupt_lines(tmp_path):
     done = ev.read_complete(str(path), n=2)
     assert list(done) == ["a"] and [r["sample"] for r in done["a"]] == [0, 1]
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "a"]
+    # A complete last line cut before its newline must not swallow the next append.
+    path.write_text(json.dumps(good[0]) + "\n" + json.dumps(good[1]))
+    assert list(ev.read_complete(str(path), n=2)) == ["a"] and path.read_text().endswith("\n")
 
 
 def test_load_policy_from_training_workdir(tmp_path, r1_tokenizer_dir):
