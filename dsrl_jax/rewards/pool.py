@@ -41,6 +41,8 @@ def _worker_main(conn, reward_cfg) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     specs = parse_reward_config(reward_cfg)
+    if "math" in specs:  # pay Math-Verify/sympy's lazy first-call costs before any deadline runs
+        score_record("\\boxed{1}", {"domain": "math", "answer": "1"}, specs)
     conn.send("ready")
     while True:
         try:
