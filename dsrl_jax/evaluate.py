@@ -211,6 +211,10 @@ def default_stop_ids(cfg: Qwen2Config, tokenizer, model_dir: str | None = None) 
 
 
 # ---- responses on disk (resumable) ------------------------------------------------------
+def _dumps(row: dict) -> str:
+    return json.dumps(row, ensure_ascii=False)
+
+
 def read_complete(path: str, n: int) -> dict[str, list[dict]]:
     """{id: its n sample rows in order} for problems whose samples 0..n-1 are all in `path`.
 
@@ -229,7 +233,7 @@ def read_complete(path: str, n: int) -> dict[str, list[dict]]:
         except (ValueError, KeyError, TypeError):
             continue
     done = {pid: [got[j] for j in range(n)] for pid, got in rows.items() if all(j in got for j in range(n))}
-    kept = [json.dumps(r) for samples in done.values() for r in samples]
+    kept = [_dumps(r) for samples in done.values() for r in samples]
     if kept != text.splitlines() or not text.endswith("\n"):  # something to drop: rewrite atomically
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in kept))
@@ -292,9 +296,9 @@ def evaluate_benchmark(name, records, cfg, params, tokenizer, opts, sampler, poo
             texts = [_decode(tokenizer, out.completion(i)) for i in range(len(batch) * n)]
             results = pool.score([prefix + t for t in texts], [batch[i // n] for i in range(len(texts))])
             rows = _rows(batch, out, texts, results, n)
-            if path:  # one write per batch of complete problems
+            if path and jax.process_index() == 0:  # one write per batch of complete problems
                 with open(path, "a", encoding="utf-8") as f:
-                    f.write("".join(json.dumps(r) + "\n" for r in rows))
+                    f.write("".join(_dumps(r) + "\n" for r in rows))
             for r in rows:
                 done.setdefault(r["id"], []).append(r)
             bar.update(len(batch))
@@ -327,7 +331,7 @@ def evaluate_policy(cfg, params, tokenizer, benchmarks, opts, sampler=None, work
     finally:
         if own_pool:
             pool.close()
-    if workdir:
+    if workdir and jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:

@@ -48,7 +48,7 @@ class CountingSampler(Sampler):
 
 
 def read_lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_cli_run_writes_documented_files_and_counts(tiny_model, tmp_path):
@@ -58,21 +58,21 @@ def test_cli_run_writes_documented_files_and_counts(tiny_model, tmp_path):
                          n_per_benchmark="lcb=2", batch_size=3)  # one compile per benchmark
     summary = ev.run(config, str(tmp_path))
 
-    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert json.loads((tmp_path / "summary.json").read_text(encoding="utf-8")) == summary
     assert summary["aime"]["n_problems"] == 3 and summary["aime"]["n_samples"] == 6
     assert summary["lcb"]["n_problems"] == 3 and summary["lcb"]["n_samples"] == 6
     assert {"pass@1", "pass@2", "maj@2", "mean_reward"} <= set(summary["aime"])
     assert "maj@2" not in summary["lcb"]  # no majority vote for code
     rows = read_lines(tmp_path / "aime" / "responses.jsonl")
     assert len(rows) == 6
-    expected_ids = [json.loads(line)["id"] for line in aime.read_text().splitlines()[:3]]
+    expected_ids = [json.loads(line)["id"] for line in aime.read_text(encoding="utf-8").splitlines()[:3]]
     assert sorted({r["id"] for r in rows}) == sorted(expected_ids)
     for r in rows:
         assert set(r) >= {"id", "sample", "response", "extracted", "reward", "length", "finish_reason"}
         assert 1 <= r["length"] <= 8 and r["finish_reason"] in ("stop", "length")
         assert r["reward"] == 0.0  # a random model does not solve AIME
     assert summary["aime"]["pass@1"] == 0.0
-    table = (tmp_path / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "| aime | 3 | 6 |" in table and "| lcb | 3 | 6 |" in table
 
 
@@ -95,7 +95,7 @@ def test_resume_regenerates_only_missing_problem(tiny_model, tmp_path):
     first = ev.evaluate_policy(cfg, params, tokenizer, benchmarks, opts, sampler=sampler, workdir=str(tmp_path))
     assert sampler.prompts == 3
     path = tmp_path / "aime" / "responses.jsonl"
-    original = path.read_text().splitlines()
+    original = path.read_text(encoding="utf-8").splitlines()
     last_id = json.loads(original[-1])["id"]
     kept = [line for line in original if json.loads(line)["id"] != last_id]
     assert len(kept) == 4
@@ -109,7 +109,7 @@ def test_resume_regenerates_only_missing_problem(tiny_model, tmp_path):
     assert sorted((r["id"], r["sample"]) for r in rows) == sorted(
         (json.loads(line)["id"], json.loads(line)["sample"]) for line in original)
     # Problem seeds do not depend on what else is in the batch: the file is as before.
-    assert sorted(path.read_text().splitlines()) == sorted(original)
+    assert sorted(path.read_text(encoding="utf-8").splitlines()) == sorted(original)
     assert second == first
 
     sampler.prompts = 0
@@ -155,10 +155,10 @@ def test_read_complete_drops_partial_problems_and_corrupt_lines(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"id": "b", "sam')
     done = ev.read_complete(str(path), n=2)
     assert list(done) == ["a"] and [r["sample"] for r in done["a"]] == [0, 1]
-    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "a"]
+    assert [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines()] == ["a", "a"]
     # A complete last line cut before its newline must not swallow the next append.
     path.write_text(json.dumps(good[0]) + "\n" + json.dumps(good[1]))
-    assert list(ev.read_complete(str(path), n=2)) == ["a"] and path.read_text().endswith("\n")
+    assert list(ev.read_complete(str(path), n=2)) == ["a"] and path.read_text(encoding="utf-8").endswith("\n")
 
 
 def test_load_policy_from_training_workdir(tmp_path, r1_tokenizer_dir):
