@@ -144,8 +144,11 @@ def resolve(use_bwrap: bool | None = None, python: str | None = None) -> tuple[b
     """Pick (bwrap?, interpreter) once per process.
 
     The grader's own interpreter may live where the sandbox user cannot read it (e.g. under
-    /root), so the system python3 is tried second.
+    /root), so the system python3 is tried second. `use_bwrap=None` means auto, unless the
+    environment variable DSRL_SANDBOX is "bwrap" (require it) or "plain" (the fallback).
     """
+    if use_bwrap is None:
+        use_bwrap = {"bwrap": True, "plain": False}.get(os.environ.get("DSRL_SANDBOX", "auto"))
     return _resolve(use_bwrap, python)
 
 
@@ -172,6 +175,7 @@ def _resolve(use_bwrap: bool | None, python: str | None) -> tuple[bool, str]:
 
 
 def bwrap_available() -> bool:
+    """Whether run_python (in auto mode) will use bubblewrap here."""
     try:
         return resolve()[0]
     except RuntimeError:
