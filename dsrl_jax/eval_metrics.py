@@ -25,12 +25,13 @@ def is_correct(reward: float) -> bool:
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased estimate of pass@k from n samples of which c are correct (Chen et al. 2021):
-    1 - C(n-c, k) / C(n, k), computed as a product so large n cannot overflow."""
+    1 - C(n-c, k) / C(n, k). The estimator is grade.py's (one definition for both CLIs);
+    this adds the argument check, since a wrong count would silently give a wrong rate."""
+    from dsrl_jax.grade import pass_at_k as estimator
+
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+    return float(estimator(n, c, k))
 
 
 def ks_for(n: int) -> list[int]:

@@ -23,8 +23,8 @@ import ml_collections
 from tqdm import tqdm
 
 from dsrl_jax import eval_metrics
-from dsrl_jax.data.adapters import load_problems
 from dsrl_jax.data.prompts import format_prompt
+from dsrl_jax.data.sources import load_source
 from dsrl_jax.models import hf, qwen2
 from dsrl_jax.models.config import Qwen2Config
 from dsrl_jax.sampling import FINISH_REASONS, SampleOptions, Sampler
@@ -34,7 +34,7 @@ DEFAULT_N = {"math": 16, "code": 4}  # the paper: 16 samples (AIME24, MATH-500),
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
-    """A hub dataset: which files of `repo` hold the problems, and its default sample count."""
+    """A hub dataset and which of its files hold the problems."""
     repo: str
     files: tuple[str, ...]
     domain: str = "math"
@@ -68,8 +68,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.reward_workers = 2
     c.lcb_version = "release_v5"  # LiveCodeBench release and contest-date window
-    c.lcb_start_date = "2024-08-01"  # (the paper's baselines' window: 2024-08 .. 2025-01)
-    c.lcb_end_date = "2025-02-01"  # exclusive
+    c.lcb_start_date = "2024-08-01"  # contest dates, inclusive (the window of the paper's
+    c.lcb_end_date = "2025-01-31"  # baselines); hub livecodebench only, not local files
     return c
 
 
@@ -93,46 +93,32 @@ def parse_benchmarks(spec: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def _hub_files(name: str, opts) -> list[str]:
-    """Local copies of a named benchmark's files (downloaded once into the HF cache)."""
+def benchmark_source(name: str, path: str | None, opts) -> dict:
+    """The data/sources.py spec of a benchmark: a local file, or its hub dataset's files."""
+    if path:
+        return {"path": path, "name": name}
     bench = BENCHMARKS[name]
-    files = bench.files
-    if name == "livecodebench":
-        version = int(str(opts.lcb_version).removeprefix("release_v"))
-        files = tuple(f"test{i if i > 1 else ''}.jsonl" for i in range(1, version + 1))
-    try:
-        from huggingface_hub import snapshot_download
-
-        root = snapshot_download(bench.repo, repo_type="dataset", allow_patterns=list(files))
-    except Exception as e:  # offline, no such repo, no network: say what to do instead
-        raise RuntimeError(
-            f"cannot fetch benchmark {name!r} from the Hugging Face hub ({bench.repo}): "
-            f"{type(e).__name__}: {str(e)[:200]}. Offline, pass a local file instead: "
-            f"--config.benchmarks={name}=/path/to/{name}.jsonl") from e
-    import glob
-
-    paths = sorted(p for f in files for p in glob.glob(os.path.join(root, f)))
-    if not paths:
-        raise RuntimeError(f"{bench.repo} has no files matching {files}")
-    return paths
+    if name != "livecodebench":
+        return {"hub": bench.repo, "files": list(bench.files), "name": name}
+    version = int(str(opts.lcb_version).removeprefix("release_v"))
+    files = [f"test{i if i > 1 else ''}.jsonl" for i in range(1, version + 1)]
+    return {"hub": bench.repo, "files": files, "name": name, "domain": "code",
+            "filters": {"date_from": opts.lcb_start_date, "date_to": opts.lcb_end_date}}
 
 
 def load_benchmark(name: str, path: str | None, opts) -> list[dict]:
     """Canonical records of one benchmark (first `opts.limit`); skipped rows are reported."""
-    paths = [path] if path else _hub_files(name, opts)
-    records = []
-    for p in paths:
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"benchmark {name!r}: no file {p}")
-        got, report = load_problems(p)
-        if report.skipped:
-            print(f"[{name}] {p}: {report}")
-        records += got
-    if name == "livecodebench" and not path:
-        lo, hi = opts.lcb_start_date, opts.lcb_end_date
-        records = [r for r in records if lo <= str(r.get("contest_date", ""))[:10] < hi]
+    if path and not os.path.exists(path):
+        raise FileNotFoundError(f"benchmark {name!r}: no file {path}")
+    try:
+        records, report = load_source(benchmark_source(name, path, opts))
+    except RuntimeError as e:  # hub unreachable: say how to run offline
+        raise RuntimeError(f"benchmark {name!r}: {e}\nOffline, pass a local file instead: "
+                           f"--config.benchmarks={name}=/path/to/{name}.jsonl") from e
+    if report.skipped or report.filtered:
+        print(f"[{name}] {report}")
     if not records:
-        raise ValueError(f"benchmark {name!r} has no usable problems")
+        raise ValueError(f"benchmark {name!r} has no usable problems ({report})")
     return records[: opts.limit] if opts.limit else records
 
 
