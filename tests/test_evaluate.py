@@ -185,3 +185,16 @@ def test_load_policy_from_training_workdir(tmp_path, r1_tokenizer_dir):
     _, older, _ = ev.load_policy(str(tmp_path / "checkpoints" / "10"))
     np.testing.assert_allclose(older["embed"], params["embed"])
     assert jax.tree.structure(older) == jax.tree.structure(params)
+
+
+def test_named_benchmarks_resolve_to_hub_sources():
+    opts = ev.default_eval_config()
+    assert ev.benchmark_source("math500", None, opts)["hub"] == "HuggingFaceH4/MATH-500"
+    lcb = ev.benchmark_source("livecodebench", None, opts)
+    assert lcb["hub"] == "livecodebench/code_generation_lite"
+    assert lcb["files"] == ["test.jsonl", "test2.jsonl", "test3.jsonl", "test4.jsonl", "test5.jsonl"]
+    assert lcb["filters"] == {"date_from": "2024-08-01", "date_to": "2025-01-31"}
+    assert ev.benchmark_source("livecodebench", "/x.json", opts) == {"path": "/x.json", "name": "livecodebench"}
+    opts.n_per_benchmark = "livecodebench=8"
+    assert ev.samples_for("livecodebench", [{"domain": "code"}], opts) == 8
+    assert ev.samples_for("aime24", [{"domain": "math"}], opts) == 16
