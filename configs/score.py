@@ -1,0 +1,56 @@
+"""Difficulty scoring (dsrl_jax/score.py): proxy-model pass rates and the paper's levels.
+
+    python -m dsrl_jax.score --config=configs/score.py --config.output=/data/scored.jsonl
+    # other data from the command line (replaces `sources`), a smoke run of 8 problems:
+    python -m dsrl_jax.score --config=configs/score.py --config.limit=8 \
+        --config.paths=../shared/data/math/train_deepscaler_math.jsonl,../shared/data/code/lcb_v5_public.json
+
+Paper (section 3.2): each problem is sampled "multiple times" (count unstated; k=8 here) by
+DeepSeek-R1-Distill-Qwen-1.5B / 7B / 32B and DeepSeek-R1; pass rate = mean score (math 0/1
+via Math-Verify, code = passed/total tests). DeepSeek-R1 (671B MoE) is not a Qwen2 model,
+so this JAX sampler cannot run it: compute its rates elsewhere (e.g. vLLM) and merge them
+with `pass_rates_file` (JSONL lines {"id", "proxy": "deepseek-r1", "pass_rate"} or
+{"id", "pass_rates": {...}}). Without R1 rates, the default `keep` rule falls back to the
+32B model ("drop what the strongest scored proxy never solves").
+"""
+import ml_collections
+
+from dsrl_jax.data.levels import paper_level_rules
+from dsrl_jax.rewards import DEFAULT_CONFIG
+
+
+def proxy(name, model, **overrides):
+    p = dict(name=name, model=model, tokenizer=None,  # tokenizer: None = the model's own
+             k=8,  # samples per problem
+             max_new_tokens=16384, temperature=0.6, top_p=0.95, top_k=0,
+             batch_size=16,  # prompts per sampler call (each gets k samples)
+             max_prompt_len=2048,  # longer prompts are skipped (counted), not scored
+             dtype="bfloat16")
+    p.update(overrides)
+    return p
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.sources = [  # dsrl_jax.data.sources specs; ids must be unique across them
+        {"path": "../shared/data/math/train_deepscaler_math.jsonl"},
+        {"path": "../shared/data/code/lcb_v5_public.json"},
+    ]
+    c.paths = ""  # comma-separated local files; when set, replaces `sources` (CLI convenience)
+    c.limit = 0  # first N problems of each source (smoke runs); 0 = all
+    c.proxies = [
+        proxy("r1-distill-1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
+        proxy("r1-distill-7b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
+        proxy("r1-distill-32b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"),
+    ]
+    c.only_proxies = ""  # comma-separated proxy names to run now ("" = all)
+    c.pass_rates_file = ""  # externally computed rates (DeepSeek-R1), merged before levels
+    c.output = "scored/problems.jsonl"  # the merged dataset: records + pass_rates + levels
+    c.progress = ""  # the append-only log of (proxy, id) results; "" = <output>.scores.jsonl
+    c.prompt_mode = "auto"  # chat template when the tokenizer has one
+    c.rewards = DEFAULT_CONFIG
+    c.reward_workers = 4
+    c.level_rules = paper_level_rules()
+    c.level_seed = 0  # seeds L3's sampled fraction of 32B-solved problems
+    c.seed = 0
+    return c

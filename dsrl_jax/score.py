@@ -1,0 +1,226 @@
+"""Difficulty scoring: proxy-model pass rates per problem, then the paper's levels.
+
+    python -m dsrl_jax.score --config=configs/score.py [--config.output=scored/problems.jsonl]
+
+For each proxy in turn: load it, sample k responses per problem, grade them with the
+RewardPool, and append one line per problem to the progress log as soon as its batch is
+graded:  {"proxy", "id", "pass_rate", "k", "scores", "truncated"}.  The log makes the job
+resumable: a re-run skips every (proxy, id) already in it (a line cut short by a kill is
+dropped and the file repaired before appending). At the end every record gets
+`pass_rates: {proxy: rate}` (from the log, from `pass_rates_file`, and any it came with),
+`levels` from the config's rules, and the whole set is written atomically to `output`
+(problems dropped by the `keep` rule are left out). Tables of pass-rate histograms per
+proxy and of levels per domain are printed.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+
+from dsrl_jax.data import levels as levels_lib
+from dsrl_jax.data.sources import load_sources
+
+HIST_BINS = ("0", "(0,.25)", "[.25,.5)", "[.5,.75)", "[.75,1)", "1")
+
+
+# -- the progress log -----------------------------------------------------------------------
+def read_progress(path: str) -> dict[tuple[str, str], dict]:
+    """{(proxy, id): line} of a progress log; a torn last line is dropped and cut off."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, "rb") as f:
+        data = f.read()
+    if data and not data.endswith(b"\n"):  # killed mid-write: cut back to the last newline
+        data = data[: data.rfind(b"\n") + 1]
+        with open(path, "r+b") as f:
+            f.truncate(len(data))
+    done = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            row = json.loads(line)
+            done[str(row["proxy"]), str(row["id"])] = row
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def read_pass_rates(path: str) -> dict[str, dict[str, float]]:
+    """{id: {proxy: rate}} from JSONL lines {"id", "proxy", "pass_rate"} or {"id", "pass_rates"}."""
+    rates: dict[str, dict[str, float]] = collections.defaultdict(dict)
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                got = row["pass_rates"] if "pass_rates" in row else {row["proxy"]: row["pass_rate"]}
+                for proxy, rate in got.items():
+                    if not 0 <= float(rate) <= 1:
+                        raise ValueError(f"rate {rate} outside [0, 1]")
+                    rates[str(row["id"])][str(proxy)] = float(rate)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ValueError(f"{path}:{n}: not a pass-rate line ({type(e).__name__}: {e})") from None
+    return dict(rates)
+
+
+def merge_pass_rates(records, progress, external=None) -> list[dict]:
+    """Records (copies) with `pass_rates` = their own, then `external`, then the log's."""
+    by_id: dict[str, dict[str, float]] = collections.defaultdict(dict)
+    for (proxy, pid), row in progress.items():
+        by_id[pid][proxy] = float(row["pass_rate"])
+    out = []
+    for r in records:
+        rates = {**(r.get("pass_rates") or {}), **(external or {}).get(r["id"], {}), **by_id.get(r["id"], {})}
+        out.append({**r, "pass_rates": rates} if rates else dict(r))
+    return out
+
+
+# -- tables ---------------------------------------------------------------------------------
+def _bin(rate: float) -> str:
+    if rate <= 0:
+        return HIST_BINS[0]
+    if rate >= 1:
+        return HIST_BINS[-1]
+    return HIST_BINS[1 + min(3, int(rate * 4))]
+
+
+def histogram_table(records: list[dict], proxies: list[str]) -> str:
+    """Problems per pass-rate bin, one column per proxy (plus count and mean rate)."""
+    cols = {p: collections.Counter(_bin(r["pass_rates"][p]) for r in records if p in r.get("pass_rates", {}))
+            for p in proxies}
+    rates = {p: [r["pass_rates"][p] for r in records if p in r.get("pass_rates", {})] for p in proxies}
+    rows = [[b] + [cols[p][b] for p in proxies] for b in HIST_BINS]
+    rows.append(["scored"] + [len(rates[p]) for p in proxies])
+    rows.append(["mean"] + [f"{sum(v) / len(v):.3f}" if v else "-" for v in rates.values()])
+    header = ["pass rate"] + list(proxies)
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    fmt = lambda row: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+# -- scoring one proxy ----------------------------------------------------------------------
+def score_proxy(proxy, records, done, log, pool, config, tokenizers=None) -> collections.Counter:
+    """Sample, grade and log every record not yet scored by `proxy`; returns counters.
+
+    `tokenizers` caches tokenizers by directory across proxies (the R1-Distill family shares
+    one, and a slow tokenizer takes seconds to load)."""
+    import jax
+    from tqdm import tqdm
+
+    from dsrl_jax.data.prompts import format_prompt
+    from dsrl_jax.models import hf
+    from dsrl_jax.models.config import Qwen2Config
+    from dsrl_jax.sampling import FINISH_LENGTH, SampleOptions, Sampler
+
+    stats = collections.Counter()
+    todo = [r for r in records if (proxy.name, r["id"]) not in done]
+    stats["already_scored"] = len(records) - len(todo)
+    if not todo:
+        return stats
+    model_dir = hf.resolve(proxy.model)
+    tokenizers = {} if tokenizers is None else tokenizers
+    tok_dir = hf.resolve(proxy.tokenizer) if proxy.tokenizer else model_dir
+    if tok_dir not in tokenizers:
+        tokenizers[tok_dir] = hf.load_tokenizer(tok_dir)
+    tokenizer = tokenizers[tok_dir]
+    cfg = Qwen2Config.from_file(model_dir, dtype=proxy.dtype)
+    cfg, params = hf.load_params(model_dir, cfg)
+    prompts = []
+    for r in todo:
+        ids = format_prompt(r, tokenizer, config.prompt_mode)
+        if len(ids) > proxy.max_prompt_len or max(ids) >= cfg.vocab_size:
+            stats["skipped_prompt_too_long" if len(ids) > proxy.max_prompt_len else "skipped_bad_token"] += 1
+            continue
+        prompts.append((r, ids))
+    opts = SampleOptions(max_new_tokens=proxy.max_new_tokens, temperature=proxy.temperature, top_p=proxy.top_p,
+                         top_k=proxy.top_k, n=proxy.k, stop_token_ids=tuple(hf.stop_token_ids(tokenizer, model_dir)),
+                         cache_dtype=proxy.dtype, pad_token_id=tokenizer.pad_token_id or 0)
+    sampler = Sampler(cfg)
+    base = jax.random.fold_in(jax.random.key(config.seed), sum(map(ord, proxy.name)))
+    with tqdm(total=len(prompts), desc=f"score {proxy.name}", unit="problem") as bar:
+        for start in range(0, len(prompts), proxy.batch_size):
+            chunk = prompts[start: start + proxy.batch_size]
+            out = sampler.sample(params, [ids for _, ids in chunk], jax.random.fold_in(base, start), opts)
+            texts = [tokenizer.decode(out.completion(i), skip_special_tokens=True) for i in range(len(chunk) * proxy.k)]
+            results = pool.score(texts, [r for r, _ in chunk for _ in range(proxy.k)])
+            for i, (r, _) in enumerate(chunk):
+                scores = [float(x.score) for x in results[i * proxy.k: (i + 1) * proxy.k]]
+                truncated = int(sum(out.finish_reason[i * proxy.k: (i + 1) * proxy.k] == FINISH_LENGTH))
+                row = {"proxy": proxy.name, "id": r["id"], "pass_rate": sum(scores) / len(scores),
+                       "k": proxy.k, "scores": scores, "truncated": truncated}
+                log.write(json.dumps(row) + "\n")
+                done[proxy.name, r["id"]] = row
+            log.flush()
+            os.fsync(log.fileno())
+            stats["scored"] += len(chunk)
+            bar.update(len(chunk))
+    return stats
+
+
+# -- the job --------------------------------------------------------------------------------
+def _sources(config) -> list:
+    specs = ([{"path": p.strip()} for p in config.paths.split(",") if p.strip()] if config.get("paths")
+             else [s.to_dict() if hasattr(s, "to_dict") else dict(s) for s in config.sources])
+    if config.get("limit"):
+        specs = [{**s, "filters": {**(s.get("filters") or {}), "limit": config.limit}} for s in specs]
+    return specs
+
+
+def run(config) -> list[dict]:
+    """The whole job; returns the merged, levelled records written to `config.output`."""
+    import ml_collections
+
+    from dsrl_jax.rewards import RewardPool
+
+    levels_lib.validate_rules(config.level_rules)
+    proxies = [ml_collections.ConfigDict(p) for p in config.proxies]
+    names = [p.name for p in proxies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"proxies: names must be distinct, got {names}")
+    wanted = [n.strip() for n in config.get("only_proxies", "").split(",") if n.strip()]
+    if set(wanted) - set(names):
+        raise ValueError(f"only_proxies: unknown {sorted(set(wanted) - set(names))}; proxies are {names}")
+    external = read_pass_rates(config.pass_rates_file) if config.pass_rates_file else {}
+    records, reports = load_sources(_sources(config))
+    for report in reports:
+        print(report, file=sys.stderr)
+    if not records:
+        raise ValueError("no problems to score: every source came out empty")
+    progress = config.progress or config.output + ".scores.jsonl"
+    os.makedirs(os.path.dirname(os.path.abspath(progress)), exist_ok=True)
+    done, tokenizers = read_progress(progress), {}
+    with RewardPool(config.rewards, num_workers=config.reward_workers) as pool, \
+            open(progress, "a", encoding="utf-8") as log:
+        for proxy in proxies:
+            if wanted and proxy.name not in wanted:
+                continue
+            stats = score_proxy(proxy, records, done, log, pool, config, tokenizers)
+            print(f"{proxy.name}: {dict(stats)}", file=sys.stderr)
+    merged = merge_pass_rates(records, done, external)
+    levelled = levels_lib.assign_levels(merged, config.level_rules, seed=config.level_seed)
+    tmp = config.output + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in levelled)
+    os.replace(tmp, config.output)
+    all_proxies = list(dict.fromkeys(names + sorted({p for r in merged for p in r.get("pass_rates", {})})))
+    print(histogram_table(merged, all_proxies))
+    print(f"\n{len(levelled)} of {len(merged)} problems kept by the rules -> {config.output}")
+    print(levels_lib.level_table(levelled))
+    return levelled
+
+
+def main(argv) -> None:
+    del argv
+    from absl import flags
+
+    run(flags.FLAGS.config)
+
+
+if __name__ == "__main__":
+    from absl import app
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Scoring config (configs/score.py).", lock_config=True)
+    app.run(main)
