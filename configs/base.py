@@ -1,0 +1,80 @@
+"""The defaults every training config starts from: the paper's GRPO settings.
+
+Each field reads as a hyperparameter table; configs/stage1.py etc. change what differs.
+Any field can be overridden on the command line: `--config.loss.kl_coef=0`.
+"""
+import ml_collections
+
+from dsrl_jax import parallel
+from dsrl_jax.evaluate import default_eval_config
+from dsrl_jax.rewards import DEFAULT_CONFIG as DEFAULT_REWARDS
+from dsrl_jax.rl import grpo
+from dsrl_jax.rl.curriculum import default_stage
+
+R1_DISTILL_1P5B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 2000  # upper bound; the curriculum may finish earlier
+
+    c.model = ml_collections.ConfigDict(dict(
+        init=R1_DISTILL_1P5B,  # HF directory or hub id; "preset:NAME" = random init (tests)
+        tokenizer="",  # "" = the init checkpoint's tokenizer
+        dtype="bfloat16",  # activations; parameters stay in param_dtype (fp32 master weights)
+        param_dtype="float32",
+        scan_layers=True,
+        remat="full",  # none | full | dots
+        attention_impl="auto",  # auto | plain | blockwise
+    ))
+
+    # Mesh axes (data, fsdp, tensor); one may be -1 (inferred from the device count).
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.sharding_rules = ml_collections.ConfigDict(
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in parallel.DEFAULT_RULES.items()})
+
+    c.data = ml_collections.ConfigDict(dict(
+        sources=[],  # dsrl_jax.data.sources specs: {"path": ...} or {"hub": ..., "split": ...}
+        prompt_mode="auto",  # chat template when the tokenizer has one
+        plain_template="{prompt}",
+        seed=0,
+    ))
+
+    c.rollout = ml_collections.ConfigDict(dict(
+        batch_prompts=128,  # prompts per step (paper: 128)
+        group_size=16,  # samples per prompt (paper: 16)
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        cache_dtype="bfloat16",
+        dynamic_sampling=False,  # drop all-equal groups and refill from more prompts
+        max_refill_batches=3,  # bounded tries for dynamic sampling
+    ))
+
+    c.loss = grpo.default_loss_config()  # clip 0.2/0.2, KL 0.001 (k3), entropy 0.001, token-mean
+
+    c.train = ml_collections.ConfigDict(dict(
+        mini_batch_size=0,  # sequences per optimizer update; 0 = the whole rollout (on-policy)
+        micro_batch_size=16,  # sequences per forward/backward (gradient accumulation)
+        epochs_per_batch=1,  # passes over each rollout batch
+        logprob_chunk=1024,  # sequence chunk of the log-softmax (no [B, T, V] logits)
+        shuffle_minibatches=True,
+    ))
+
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=1e-6, schedule="constant", warmup_steps=0, decay_steps=0, final_lr_frac=0.1,
+        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0,
+    ))
+
+    c.rewards = ml_collections.ConfigDict(DEFAULT_REWARDS)
+    c.reward_workers = 8
+    c.reward_timeout_s = 0.0  # 0 = the pool's per-domain defaults
+
+    c.curriculum = ml_collections.ConfigDict()
+    c.curriculum.stages = [default_stage(name="main").to_dict()]
+
+    c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3, async_save=True, export_hf=True))
+    c.eval = default_eval_config()
+    c.log = ml_collections.ConfigDict(dict(tensorboard=True, progress=True))
+    return c

@@ -1,0 +1,303 @@
+"""The GRPO trainer: rollout -> rewards -> advantages -> sharded updates, stage by stage.
+
+    Trainer(config, workdir).run()
+
+One step, as in the paper's method:
+  1. take a batch of prompts from the current stage's pipeline (levels, domains, mixture);
+  2. sample `group_size` completions per prompt with the jitted sampler, on the same
+     device arrays the update trains (no host round-trip of parameters);
+  3. grade them in reward worker processes while the device computes reference log-probs;
+  4. group-relative advantages; optionally drop all-equal groups and refill (dynamic sampling);
+  5. mini-batch updates with micro-batch gradient accumulation (rl/update.py);
+  6. log metrics, let the curriculum decide whether the stage ends, checkpoint.
+Killing the process and running the same command resumes from the latest complete
+checkpoint and continues bit-for-bit (RNG, data order and curriculum state are saved).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from dsrl_jax import parallel
+from dsrl_jax.checkpoint import Checkpointer, abstract_like
+from dsrl_jax.data.pipeline import PromptPipeline
+from dsrl_jax.data.prompts import make_tokenize_fn
+from dsrl_jax.metrics import MetricsWriter, Timer
+from dsrl_jax.models import hf, qwen2
+from dsrl_jax.rewards import RewardPool
+from dsrl_jax.rl import rollout, update
+from dsrl_jax.rl.curriculum import Curriculum
+from dsrl_jax.sampling import SampleOptions, Sampler
+
+
+def _merged(base: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+    out = copy.deepcopy(base)
+    for k, v in dict(overrides or {}).items():
+        out[k] = v
+    return out
+
+
+def load_model(model_cfg, mesh, rules):
+    """(Qwen2Config, params sharded on the mesh, tokenizer or None, model dir or None)."""
+    options = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, scan_layers=model_cfg.scan_layers,
+                   remat=model_cfg.remat, attention_impl=model_cfg.attention_impl)
+    if model_cfg.init.startswith("preset:"):
+        from dsrl_jax.models.config import preset
+
+        cfg = preset(model_cfg.init.split(":", 1)[1], **options)
+        shardings = parallel.param_shardings(qwen2.logical_axes(cfg), qwen2.abstract_params(cfg), mesh, rules)
+        params = jax.jit(lambda: qwen2.init_params(cfg, 0), out_shardings=shardings)()
+        model_dir = None
+    else:
+        model_dir = hf.resolve(model_cfg.init)
+        from dsrl_jax.models.config import Qwen2Config
+
+        cfg = Qwen2Config.from_file(model_dir, **options)
+        shardings = parallel.param_shardings(qwen2.logical_axes(cfg), qwen2.abstract_params(cfg), mesh, rules)
+        _, params = hf.load_params(model_dir, cfg, shardings)
+    tok_src = model_cfg.tokenizer or model_dir
+    tokenizer = hf.load_tokenizer(tok_src) if tok_src else None
+    return cfg, params, tokenizer, model_dir
+
+
+class Trainer:
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, records: list[dict] | None = None,
+                 tokenizer=None, model: tuple | None = None, response_prefix: Callable | None = None):
+        """`records`, `tokenizer` and `model` (cfg, params) replace what the config would
+        load (the demo passes its synthetic task, character tokenizer and warm start)."""
+        from dsrl_jax.validate import validate_config
+
+        validate_config(config, check_files=records is None)
+        self.config, self.workdir = config, workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.rules = config.sharding_rules.to_dict()
+        self.mesh = parallel.make_mesh(config.mesh.to_dict())
+        self.model_dir = None
+        if model is None:
+            self.cfg, params, loaded_tok, self.model_dir = load_model(config.model, self.mesh, self.rules)
+            tokenizer = tokenizer or loaded_tok
+        else:
+            self.cfg, params = model
+            shardings = parallel.param_shardings(qwen2.logical_axes(self.cfg), qwen2.abstract_params(self.cfg),
+                                                 self.mesh, self.rules)
+            params = jax.device_put(params, shardings)
+        if tokenizer is None:
+            raise ValueError("model.tokenizer: no tokenizer (set model.tokenizer or give one)")
+        self.tokenizer = tokenizer
+        self.records = records if records is not None else self._load_records()
+        self.response_prefix = response_prefix or self._think_prefix
+        self.curriculum = Curriculum(config.curriculum.stages)
+        self.tx, self.schedule = update.make_optimizer(config.optim)
+        state = update.init_state(params, self.tx, jax.random.key(config.seed))
+        self.state_shardings = update.state_shardings(state, self.mesh)
+        self.state = jax.device_put(state, self.state_shardings)
+        self.ref_params = None
+        if any(self._loss_cfg(s).kl_coef for s in config.curriculum.stages):
+            self.ref_params = jax.tree.map(jnp.copy, params)  # the frozen reference policy
+        self.sampler = Sampler(self.cfg, self.mesh, self.rules)
+        self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                                         async_save=config.checkpoint.async_save)
+        self.pipeline = None
+        self._steps_cache: dict = {}
+        resumed = self._maybe_resume()
+        self._write_run_files()
+        self.metrics = MetricsWriter(workdir, config.log.tensorboard, resume_step=resumed,
+                                     is_primary=jax.process_index() == 0)
+        timeout = config.reward_timeout_s or None
+        self.pool = RewardPool(config.rewards.to_dict(), num_workers=config.reward_workers, timeout_s=timeout)
+
+    # -- setup -----------------------------------------------------------------------------
+    def _load_records(self):
+        from dsrl_jax.data.sources import load_sources
+
+        records, reports = load_sources([dict(s) for s in self.config.data.sources])
+        for r in reports:
+            if r.skipped:
+                print(str(r))
+        return records
+
+    def _think_prefix(self, prompt_ids) -> str:
+        """R1-style templates open the reasoning in the prompt; the grader needs to see it."""
+        tail = self.tokenizer.decode(prompt_ids[-3:], skip_special_tokens=False)
+        return "<think>\n" if tail.rstrip().endswith("<think>") else ""
+
+    def _loss_cfg(self, stage) -> ml_collections.ConfigDict:
+        return _merged(self.config.loss, dict(stage.get("loss") or {}))
+
+    def _build_pipeline(self):
+        stage = self.curriculum.stage
+        data = stage.data
+        select = {"levels": data.levels, "domains": data.domains}
+        tokenize = make_tokenize_fn(self.tokenizer, self.config.data.prompt_mode,
+                                    plain_template=self.config.data.plain_template)
+        self.pipeline = PromptPipeline(
+            self.records, select=select, mixture=data.mixture.to_dict() if data.mixture else None,
+            batch_prompts=self.config.rollout.batch_prompts, group_size=self.config.rollout.group_size,
+            max_prompt_len=stage.max_prompt_len, tokenize_fn=tokenize,
+            seed=self.config.data.seed + 1000 * self.curriculum.stage_index)
+
+    def _maybe_resume(self) -> int | None:
+        step = self.checkpointer.latest_step()
+        if step is None:
+            self._build_pipeline()
+            return None
+        state, extra = self.checkpointer.restore(step, abstract_like(self.state))
+        self.state = state
+        self.curriculum.load_state_dict(extra["curriculum"])
+        self._build_pipeline()
+        self.pipeline.set_state(extra["pipeline"])
+        print(f"resumed from step {step} (stage {self.curriculum.stage.name})")
+        return step
+
+    def _write_run_files(self):
+        if jax.process_index() != 0:
+            return
+        with open(os.path.join(self.workdir, "config.json"), "w") as f:
+            f.write(self.config.to_json_best_effort(indent=2))
+        with open(os.path.join(self.workdir, "model_config.json"), "w") as f:
+            json.dump(self.cfg.to_hf(), f, indent=2)
+        if hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(os.path.join(self.workdir, "tokenizer"))
+
+    # -- one step --------------------------------------------------------------------------
+    def _sample_options(self, stage) -> SampleOptions:
+        r = _merged(self.config.rollout, dict(stage.get("sampling") or {}))
+        stops = tuple(hf.stop_token_ids(self.tokenizer, self.model_dir))
+        return SampleOptions(max_new_tokens=stage.max_response_len, temperature=r.temperature, top_p=r.top_p,
+                             top_k=r.top_k, n=r.group_size, stop_token_ids=stops, cache_dtype=r.cache_dtype,
+                             pad_token_id=self.tokenizer.pad_token_id or 0)
+
+    def _rollout(self, stage, key, timer: Timer):
+        """Groups for one update (dynamic sampling refills from further prompt batches)."""
+        opts, r = self._sample_options(stage), self.config.rollout
+        kept, all_groups, gen = [], [], {}
+        for attempt in range(1 + (r.max_refill_batches if r.dynamic_sampling else 0)):
+            with timer.phase("rollout"):
+                groups, gen, finish = rollout.sample_groups(
+                    self.sampler, self.state["params"], next(self.pipeline), jax.random.fold_in(key, attempt),
+                    opts, self.tokenizer, self.pool, self.response_prefix)
+            with timer.phase("rewards_wait"):
+                groups = finish()
+            all_groups += groups
+            kept += [g for g in groups if g.has_variance] if r.dynamic_sampling else groups
+            if len(kept) >= r.batch_prompts:
+                break
+        metrics = {**gen, **rollout.rollout_metrics(all_groups)}
+        metrics["dynamic_sampling/kept_groups"] = len(kept[: r.batch_prompts])
+        return kept[: r.batch_prompts] or all_groups[:1], metrics
+
+    def _step_fn(self, stage_index, loss_cfg, prompt_len, example):
+        key = (stage_index, prompt_len, jax.tree.map(lambda x: x.shape, example)["tokens"])
+        if key not in self._steps_cache:
+            batch_axes = parallel.batch_sharding(self.mesh, 1, self.rules).spec[0]
+            shard_tree = update.batch_shardings(self.mesh, batch_axes, example)
+            fn = update.make_train_step(self.cfg, loss_cfg, self.tx, self.state_shardings, shard_tree, prompt_len,
+                                        self.config.train.logprob_chunk)
+            self._steps_cache[key] = (fn, shard_tree)
+        return self._steps_cache[key]
+
+    def train_step(self) -> dict:
+        stage = self.curriculum.stage
+        step = int(self.state["step"])
+        key = jax.random.fold_in(self.state["rng"], step)
+        loss_cfg, timer, c = self._loss_cfg(stage), Timer(), self.config
+        groups, metrics = self._rollout(stage, key, timer)
+        batch = rollout.assemble(groups, c.rollout.batch_prompts, loss_cfg.adv_std_mode, loss_cfg.adv_eps)
+        prompt_len = batch.pop("prompt_len")
+        n = batch["tokens"].shape[0]
+        mini = c.train.mini_batch_size or n
+        micro = min(c.train.micro_batch_size, mini)
+        multi_update = c.train.epochs_per_batch > 1 or mini < n
+        with timer.phase("logprobs"):  # old / reference policy, no gradients
+            if multi_update or (loss_cfg.kl_coef and self.ref_params is not None):
+                lp_fn = update.make_logprob_fn(self.cfg, prompt_len, c.train.logprob_chunk)
+                if multi_update:
+                    batch["old_logprobs"] = np.asarray(lp_fn(self.state["params"], batch["tokens"], batch["kv_mask"]))
+                if loss_cfg.kl_coef:
+                    batch["ref_logprobs"] = np.asarray(lp_fn(self.ref_params, batch["tokens"], batch["kv_mask"]))
+        rng = np.random.default_rng([c.seed, step]) if c.train.shuffle_minibatches else None
+        update_metrics, t0 = [], time.perf_counter()
+        with timer.phase("update"):
+            for _ in range(c.train.epochs_per_batch):
+                for mb in rollout.minibatches(batch, mini, micro, rng):
+                    flat_mask = mb["loss_mask"].reshape(-1, mb["loss_mask"].shape[-1])
+                    mb["normalizer"] = np.asarray(
+                        jax.device_get(update.grpo.loss_normalizer(
+                            flat_mask, mb["truncated"].reshape(-1), loss_cfg)), np.float32)
+                    fn, shard_tree = self._step_fn(self.curriculum.stage_index, loss_cfg, prompt_len, mb)
+                    self.state, m = fn(self.state, rollout.to_device(mb, shard_tree))
+                    update_metrics.append(m)
+            update_metrics = jax.device_get(update_metrics)
+        update_time = time.perf_counter() - t0
+        self.state["step"] = jax.device_put(self.state["step"] + 1, self.state_shardings["step"])
+        for k in update_metrics[0]:
+            metrics[k] = float(np.mean([m[k] for m in update_metrics]))
+        metrics["skipped_updates"] = float(sum(m["skipped"] for m in update_metrics))
+        metrics["lr"] = float(self.schedule(len(update_metrics) * step))
+        metrics["perf/update_tokens_per_s"] = float(batch["kv_mask"].sum()) * c.train.epochs_per_batch / update_time
+        metrics.update(timer.summary())
+        return metrics
+
+    # -- the loop --------------------------------------------------------------------------
+    def _checkpoint(self, force=False):
+        step = int(self.state["step"])
+        extra = {"curriculum": self.curriculum.state_dict(), "pipeline": self.pipeline.get_state()}
+        self.checkpointer.save(step, self.state, extra, force=force)
+
+    def run(self, on_step: Callable | None = None) -> dict:
+        c = self.config
+        start = int(self.state["step"])
+        bar = tqdm(total=c.total_steps, initial=start, desc="grpo", disable=not c.log.progress)
+        last = {}
+        try:
+            while int(self.state["step"]) < c.total_steps and not self.curriculum.finished:
+                metrics = self.train_step()
+                step = int(self.state["step"])
+                stage_name = self.curriculum.stage.name
+                if c.eval.every and step % c.eval.every == 0 and c.eval.benchmarks:
+                    metrics.update(self.evaluate())
+                self.metrics.write(step, metrics, stage=stage_name)
+                switched = self.curriculum.observe(step, metrics)
+                if switched:
+                    tqdm.write(f"step {step}: stage {stage_name} ended; starting {self.curriculum.stage.name}")
+                    self._build_pipeline()
+                if step % c.checkpoint.every == 0 or switched:
+                    self._checkpoint(force=True)
+                bar.update(1)
+                bar.set_postfix(stage=stage_name, reward=f"{metrics['reward/mean']:.3f}",
+                                len=f"{metrics['response_length/mean']:.0f}")
+                last = metrics
+                if on_step:
+                    on_step(self, step, metrics)
+            self._checkpoint(force=True)
+        finally:
+            bar.close()
+            self.checkpointer.wait()
+        return last
+
+    def evaluate(self) -> dict:
+        from dsrl_jax.evaluate import evaluate_policy, metrics_for_logging
+
+        summary = evaluate_policy(self.cfg, self.state["params"], self.tokenizer, self.config.eval.benchmarks,
+                                  self.config.eval, sampler=self.sampler, pool=self.pool)
+        return metrics_for_logging(summary)
+
+    def export_hf(self, out_dir: str | None = None):
+        out_dir = out_dir or os.path.join(self.workdir, "hf")
+        hf.save_params(out_dir, self.cfg, self.state["params"], tokenizer_dir=self.model_dir)
+        return out_dir
+
+    def close(self):
+        self.checkpointer.close()
+        self.metrics.close()
+        self.pool.close()

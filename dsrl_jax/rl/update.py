@@ -1,0 +1,132 @@
+"""The jitted, sharded GRPO update: micro-batched gradients, AdamW, non-finite guard.
+
+    state = init_state(cfg, params, tx, rng)                  # params, opt_state, step, rng
+    step_fn = make_train_step(cfg, loss_cfg, tx, state_shardings, batch_sharding, chunk)
+    state, metrics = step_fn(state, batch)                      # batch: see `TrainBatch`
+
+A batch holds one optimizer step's sequences, reshaped [num_micro, micro_batch, ...]; the
+step scans over micro-batches, summing gradients whose loss is normalised by the whole
+mini-batch (`normalizer`), so accumulation is exact. A non-finite loss or gradient skips
+the update (parameters and optimizer state unchanged) and is reported in the metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dsrl_jax.models.config import Qwen2Config
+from dsrl_jax.rl import grpo
+from dsrl_jax.rl.logprobs import completion_logprobs
+
+# TrainBatch fields, each [num_micro, micro_batch, ...]:
+#   tokens [.., P+M] int32, kv_mask [.., P+M] bool, loss_mask [.., M] f32, advantages [..] f32,
+#   truncated [..] bool, old_logprobs [.., M] f32 (optional), ref_logprobs [.., M] f32 (optional)
+#   plus `normalizer` (scalar) from grpo.loss_normalizer over the whole mini-batch.
+
+
+def make_optimizer(optim: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Any]:
+    """AdamW with linear warmup, then constant or cosine decay; global-norm clipping."""
+    warmup = max(int(optim.warmup_steps), 0)
+    if optim.schedule == "constant":
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, optim.lr, max(warmup, 1)), optax.constant_schedule(optim.lr)], [warmup])
+    elif optim.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, optim.lr, max(warmup, 1), max(int(optim.decay_steps), warmup + 1), optim.lr * optim.final_lr_frac)
+    else:
+        raise ValueError(f"optim.schedule: unknown {optim.schedule!r} (constant | cosine)")
+    if warmup == 0 and optim.schedule == "constant":
+        schedule = optax.constant_schedule(optim.lr)
+    chain = []
+    if optim.grad_clip:
+        chain.append(optax.clip_by_global_norm(optim.grad_clip))
+    chain.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay))
+    return optax.chain(*chain), schedule
+
+
+def init_state(params, tx, rng) -> dict:
+    opt_state = jax.jit(tx.init)(params)
+    return {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32), "rng": rng}
+
+
+def state_shardings(state: dict, mesh) -> dict:
+    """Each leaf keeps its NamedSharding on `mesh` (params, Adam moments); anything else
+    (step counters, RNG key) is replicated over the mesh."""
+    def one(x):
+        s = getattr(x, "sharding", None)
+        if isinstance(s, NamedSharding) and s.mesh == mesh:
+            return s
+        return NamedSharding(mesh, P())
+    return jax.tree.map(one, state)
+
+
+def batch_shardings(mesh, batch_axes, example: dict) -> dict:
+    """[num_micro, micro_batch, ...] arrays: the micro-batch dimension over the data axes."""
+    def one(x):
+        if jnp.ndim(x) < 2:
+            return NamedSharding(mesh, P())
+        return NamedSharding(mesh, P(None, batch_axes, *([None] * (jnp.ndim(x) - 2))))
+    return jax.tree.map(one, example)
+
+
+def _micro_loss(params, mb, *, cfg, loss_cfg, prompt_len, chunk, normalizer):
+    lp, ent = completion_logprobs(cfg, params, mb["tokens"], mb["kv_mask"], prompt_len, chunk)
+    loss, metrics = grpo.grpo_loss(
+        lp, mb.get("old_logprobs"), mb.get("ref_logprobs"), mb["advantages"], mb["loss_mask"],
+        mb["truncated"], ent, loss_cfg, normalizer=normalizer)
+    return loss, metrics
+
+
+def train_step(state: dict, batch: dict, *, cfg: Qwen2Config, loss_cfg, tx, prompt_len: int, chunk: int):
+    params = state["params"]
+    normalizer = batch["normalizer"]
+    micro = {k: v for k, v in batch.items() if k != "normalizer"}
+    grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
+
+    def body(carry, mb):
+        grads, loss_sum, metric_sums = carry
+        (loss, metrics), g = grad_fn(params, mb, cfg=cfg, loss_cfg=loss_cfg, prompt_len=prompt_len,
+                                     chunk=chunk, normalizer=normalizer)
+        w = metrics["num_tokens"]  # token-weighted averages of the per-micro-batch metrics
+        metric_sums = {k: metric_sums[k] + (v if k == "num_tokens" else v * w) for k, v in metrics.items()}
+        return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, metric_sums), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    metric_shapes = jax.eval_shape(
+        lambda: _micro_loss(params, first, cfg=cfg, loss_cfg=loss_cfg, prompt_len=prompt_len, chunk=chunk,
+                            normalizer=normalizer)[1])
+    zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
+             {k: jnp.zeros(v.shape, v.dtype) for k, v in metric_shapes.items()})
+    (grads, loss, sums), _ = jax.lax.scan(body, zeros, micro)
+
+    tokens = jnp.maximum(sums["num_tokens"], 1.0)
+    metrics = {k: (v if k == "num_tokens" else v / tokens) for k, v in sums.items()}
+    metrics["loss"] = loss  # the exact mini-batch loss (sum of normalised micro losses)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    metrics.update(grad_norm=grad_norm, skipped=(~finite).astype(jnp.float32))
+    new_state = {"params": keep(new_params, params), "opt_state": keep(new_opt, state["opt_state"]),
+                 "step": state["step"], "rng": state["rng"]}
+    return new_state, metrics
+
+
+def make_train_step(cfg, loss_cfg, tx, state_shardings, batch_sharding_tree, prompt_len, chunk):
+    """The jitted update with explicit in/out shardings; the state is donated."""
+    step = lambda state, batch: train_step(state, batch, cfg=cfg, loss_cfg=loss_cfg, tx=tx,
+                                           prompt_len=prompt_len, chunk=chunk)
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding_tree),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+
+def make_logprob_fn(cfg, prompt_len, chunk):
+    """Jitted [N, M] completion log-probs, no gradients (old / reference policy)."""
+    return jax.jit(lambda params, tokens, kv_mask: completion_logprobs(cfg, params, tokens, kv_mask, prompt_len, chunk)[0])
