@@ -48,6 +48,7 @@ def get_config():
         top_p=1.0,
         top_k=0,
         cache_dtype="bfloat16",
+        prompts_per_sample_call=0,  # prompts per sampler call (x group_size rows); 0 = all at once
         dynamic_sampling=False,  # drop all-equal groups and refill from more prompts
         max_refill_batches=3,  # bounded tries for dynamic sampling
     ))

@@ -50,11 +50,15 @@ def largest_remainder(total: int, weights: Mapping[str, float]) -> dict[str, int
 
 def select_records(records: Sequence[dict], levels=None, domains=None) -> list[dict]:
     """Records with any of `levels` in their `levels` list (or `level` field) and a domain
-    in `domains`; None selects everything."""
+    in `domains`; None selects everything. `levels` may also map a domain to its levels,
+    e.g. {"math": ["L1"], "code": ["L3"]} (the paper's math+code mixture)."""
     def level_ok(r):
+        wanted = levels.get(r.get("domain"), []) if isinstance(levels, Mapping) else levels
+        if wanted is None:
+            return True
         have = r.get("levels")
         have = list(have) if have is not None else ([r["level"]] if r.get("level") is not None else [])
-        return levels is None or bool(set(map(str, have)) & set(map(str, levels)))
+        return bool(set(map(str, have)) & set(map(str, wanted)))
 
     return [r for r in records if level_ok(r) and (domains is None or r.get("domain") in domains)]
 

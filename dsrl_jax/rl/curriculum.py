@@ -101,10 +101,15 @@ def validate_stage(stage: dict, where: str, last: bool) -> None:
     _positive_int(stage["max_prompt_len"], f"{where}.max_prompt_len")
     _positive_int(stage["max_response_len"], f"{where}.max_response_len")
     data = stage["data"]
+    names_ok = lambda v: isinstance(v, (list, tuple)) and v and all(isinstance(x, str) for x in v)
     for key in ("levels", "domains"):
-        if data[key] is not None and (not isinstance(data[key], (list, tuple)) or not data[key]
-                                      or not all(isinstance(v, str) for v in data[key])):
-            raise ValueError(f"{where}.data.{key}: must be None or a non-empty list of names, got {data[key]!r}")
+        value = data[key]
+        if key == "levels" and isinstance(value, Mapping):  # per domain: {"math": ["L1"], "code": ["L3"]}
+            bad = [d for d, v in value.items() if d not in DOMAINS or not names_ok(v)]
+            if bad or not value:
+                raise ValueError(f"{where}.data.levels: per-domain levels need {{domain: [names]}}, got {value!r}")
+        elif value is not None and not names_ok(value):
+            raise ValueError(f"{where}.data.{key}: must be None or a non-empty list of names, got {value!r}")
     if data["domains"] and set(data["domains"]) - set(DOMAINS):
         raise ValueError(f"{where}.data.domains: unknown {sorted(set(data['domains']) - set(DOMAINS))}; known {DOMAINS}")
     if data["mixture"] is not None:

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from dsrl_jax.rl import grpo
-from dsrl_jax.sampling import FINISH_LENGTH, SampleOptions, Sampler, bucket
+from dsrl_jax.sampling import FINISH_LENGTH, SampleOptions, SampleOutput, Sampler, bucket
 
 
 @dataclasses.dataclass
@@ -36,8 +36,21 @@ class Group:
         return float(self.rewards.max()) > float(self.rewards.min())
 
 
+def _sample_in_chunks(sampler, params, prompts, key, opts, chunk):
+    """Samples `chunk` prompts per call (KV caches of long rollouts do not fit at once)."""
+    chunk = chunk or len(prompts)
+    outs = [sampler.sample(params, prompts[i:i + chunk], jax.random.fold_in(key, i), opts)
+            for i in range(0, len(prompts), chunk)]
+    if len(outs) == 1:
+        return outs[0]
+    width = max(o.tokens.shape[1] for o in outs)
+    pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))
+    return SampleOutput(np.concatenate([pad(o.tokens) for o in outs]), np.concatenate([pad(o.logprobs) for o in outs]),
+                        np.concatenate([o.lengths for o in outs]), np.concatenate([o.finish_reason for o in outs]))
+
+
 def sample_groups(sampler: Sampler, params, batch, key, opts: SampleOptions, tokenizer, pool,
-                  response_prefix=lambda ids: "") -> tuple[list[Group], dict, object]:
+                  response_prefix=lambda ids: "", prompts_per_call: int = 0) -> tuple[list[Group], dict, object]:
     """Samples a PromptBatch and submits the responses to the reward pool.
 
     Returns (groups without rewards yet, generation metrics, a finisher): call
@@ -47,7 +60,7 @@ def sample_groups(sampler: Sampler, params, batch, key, opts: SampleOptions, tok
     prompts, records = batch.unique_prompts(), batch.unique_records()
     g = opts.n
     t0 = time.perf_counter()
-    out = sampler.sample(params, prompts, key, opts)
+    out = _sample_in_chunks(sampler, params, prompts, key, opts, prompts_per_call)
     gen_time = time.perf_counter() - t0
     texts = []
     for row in range(len(prompts) * g):

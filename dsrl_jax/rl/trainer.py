@@ -137,7 +137,8 @@ class Trainer:
     def _build_pipeline(self):
         stage = self.curriculum.stage
         data = stage.data
-        select = {"levels": data.levels, "domains": data.domains}
+        plain = lambda x: x.to_dict() if hasattr(x, "to_dict") else x
+        select = {"levels": plain(data.levels), "domains": data.domains}
         tokenize = make_tokenize_fn(self.tokenizer, self.config.data.prompt_mode,
                                     plain_template=self.config.data.plain_template)
         self.pipeline = PromptPipeline(
@@ -185,7 +186,7 @@ class Trainer:
             with timer.phase("rollout"):
                 groups, gen, finish = rollout.sample_groups(
                     self.sampler, self.state["params"], next(self.pipeline), jax.random.fold_in(key, attempt),
-                    opts, self.tokenizer, self.pool, self.response_prefix)
+                    opts, self.tokenizer, self.pool, self.response_prefix, r.prompts_per_sample_call)
             with timer.phase("rewards_wait"):
                 groups = finish()
             all_groups += groups
