@@ -1,0 +1,41 @@
+"""Stage 1 of the paper: GRPO on level-2 math with 16k-token responses, until the reward plateaus.
+
+DeepSeek-R1-Distill-Qwen-1.5B on a TPU v4-8 / v5e-8 (FSDP over all chips):
+
+    python -m dsrl_jax.main --config=configs/stage1.py --workdir=gs://bucket/runs/stage1
+
+The data is a scored dataset (python -m dsrl_jax.score --config=configs/score.py) whose
+records carry `levels`; stage 1 trains on L2 (1.5B fails, 7B sometimes solves, or both
+partial). Paper: the reward plateaued and the run switched to stage 2 at step ~1600.
+"""
+from configs import base
+from dsrl_jax.rl.curriculum import default_plateau, default_stage
+
+
+def stage1(**end):
+    plateau = {**default_plateau(), "metric": "reward/mean", "window": 50, "patience": 100, "min_steps": 200}
+    return default_stage(
+        name="stage1",
+        data={"levels": ["L2"], "domains": ["math"]},
+        max_prompt_len=1024,
+        max_response_len=16384,
+        loss={"entropy_coef": 0.001, "mask_truncated": False},
+        end={"max_steps": None, "plateau": {**plateau, **end}},
+    ).to_dict()
+
+
+def get_config():
+    c = base.get_config()
+    c.data.sources = [{"path": "scored/problems.jsonl"}]  # output of dsrl_jax.score
+    c.rollout.batch_prompts = 128  # paper
+    c.rollout.group_size = 16  # paper
+    c.rollout.prompts_per_sample_call = 8  # 128 sequences of 17k tokens per sampler call
+    c.loss.kl_coef = 0.001  # paper
+    c.loss.entropy_coef = 0.001  # paper (stage 1)
+    c.optim.lr = 1e-6  # paper
+    c.train.micro_batch_size = 8  # one 17k-token sequence per chip per micro-batch (v5e-8)
+    c.train.logprob_chunk = 1024
+    c.curriculum.stages = [stage1(on_last_stage=True)]  # alone, the run ends on the plateau
+    c.total_steps = 2000
+    c.checkpoint.every = 50
+    return c

@@ -1,0 +1,32 @@
+"""Stage 2 of the paper: level-3 data, 24k-token responses, from the stage-1 result.
+
+    python -m dsrl_jax.main --config=configs/stage2.py --workdir=gs://bucket/runs/stage2 \
+        --config.model.init=gs://bucket/runs/stage1/hf
+
+Changes from stage 1 (paper section 4): harder data (L3: everything the 32B fails plus
+half of what it solves), the rollout limit raised to 24,576 tokens, responses cut at the
+limit excluded from the loss, and no entropy term.
+"""
+from configs import stage1
+from dsrl_jax.rl.curriculum import default_stage
+
+
+def stage2():
+    return default_stage(
+        name="stage2",
+        data={"levels": ["L3"], "domains": ["math"]},
+        max_prompt_len=1024,
+        max_response_len=24576,
+        loss={"entropy_coef": 0.0, "mask_truncated": True},
+        end={"max_steps": None, "plateau": None},
+    ).to_dict()
+
+
+def get_config():
+    c = stage1.get_config()
+    c.model.init = "runs/stage1/hf"  # the stage-1 export (or its hub id / gs path)
+    c.rollout.prompts_per_sample_call = 4  # 64 sequences of 25k tokens per sampler call
+    c.curriculum.stages = [stage2()]
+    c.total_steps = 1000
+    return c
+
