@@ -101,11 +101,13 @@ def histogram_table(records: list[dict], proxies: list[str]) -> str:
 
 
 # -- scoring one proxy ----------------------------------------------------------------------
-def score_proxy(proxy, records, done, log, pool, config, tokenizers=None) -> collections.Counter:
+def score_proxy(proxy, records, done, log, pool, config, tokenizers=None, prompt_fn=None) -> collections.Counter:
     """Sample, grade and log every record not yet scored by `proxy`; returns counters.
 
     `tokenizers` caches tokenizers by directory across proxies (the R1-Distill family shares
-    one, and a slow tokenizer takes seconds to load)."""
+    one, and a slow tokenizer takes seconds to load); a caller may pre-fill it, e.g. with a
+    tokenizer that is not a Hugging Face one. `prompt_fn(record, tokenizer) -> ids` replaces
+    the default chat-template / plain prompt."""
     import jax
     from tqdm import tqdm
 
@@ -129,7 +131,7 @@ def score_proxy(proxy, records, done, log, pool, config, tokenizers=None) -> col
     cfg, params = hf.load_params(model_dir, cfg)
     prompts = []
     for r in todo:
-        ids = format_prompt(r, tokenizer, config.prompt_mode)
+        ids = prompt_fn(r, tokenizer) if prompt_fn else format_prompt(r, tokenizer, config.prompt_mode)
         if len(ids) > proxy.max_prompt_len or max(ids) >= cfg.vocab_size:
             stats["skipped_prompt_too_long" if len(ids) > proxy.max_prompt_len else "skipped_bad_token"] += 1
             continue
@@ -168,8 +170,10 @@ def _sources(config) -> list:
     return specs
 
 
-def run(config) -> list[dict]:
-    """The whole job; returns the merged, levelled records written to `config.output`."""
+def run(config, records: list[dict] | None = None, tokenizers: dict | None = None, prompt_fn=None) -> list[dict]:
+    """The whole job; returns the merged, levelled records written to `config.output`.
+    `records` replaces the config's sources; `tokenizers` and `prompt_fn` go to
+    `score_proxy` (the CPU demo passes its synthetic problems and character tokenizer)."""
     import ml_collections
 
     from dsrl_jax.rewards import RewardPool
@@ -183,20 +187,21 @@ def run(config) -> list[dict]:
     if set(wanted) - set(names):
         raise ValueError(f"only_proxies: unknown {sorted(set(wanted) - set(names))}; proxies are {names}")
     external = read_pass_rates(config.pass_rates_file) if config.pass_rates_file else {}
-    records, reports = load_sources(_sources(config))
-    for report in reports:
-        print(report, file=sys.stderr)
+    if records is None:
+        records, reports = load_sources(_sources(config))
+        for report in reports:
+            print(report, file=sys.stderr)
     if not records:
         raise ValueError("no problems to score: every source came out empty")
     progress = config.progress or config.output + ".scores.jsonl"
     os.makedirs(os.path.dirname(os.path.abspath(progress)), exist_ok=True)
-    done, tokenizers = read_progress(progress), {}
+    done, tokenizers = read_progress(progress), ({} if tokenizers is None else tokenizers)
     with RewardPool(config.rewards, num_workers=config.reward_workers) as pool, \
             open(progress, "a", encoding="utf-8") as log:
         for proxy in proxies:
             if wanted and proxy.name not in wanted:
                 continue
-            stats = score_proxy(proxy, records, done, log, pool, config, tokenizers)
+            stats = score_proxy(proxy, records, done, log, pool, config, tokenizers, prompt_fn)
             print(f"{proxy.name}: {dict(stats)}", file=sys.stderr)
     merged = merge_pass_rates(records, done, external)
     levelled = levels_lib.assign_levels(merged, config.level_rules, seed=config.level_seed)

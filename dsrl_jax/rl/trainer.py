@@ -72,9 +72,11 @@ def load_model(model_cfg, mesh, rules):
 
 class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, records: list[dict] | None = None,
-                 tokenizer=None, model: tuple | None = None, response_prefix: Callable | None = None):
-        """`records`, `tokenizer` and `model` (cfg, params) replace what the config would
-        load (the demo passes its synthetic task, character tokenizer and warm start)."""
+                 tokenizer=None, model: tuple | None = None, response_prefix: Callable | None = None,
+                 tokenize_fn: Callable | None = None):
+        """`records`, `tokenizer`, `model` (cfg, params) and `tokenize_fn` (record -> prompt
+        ids) replace what the config would build (the demo passes its synthetic task,
+        character tokenizer, warm start and prompt format)."""
         from dsrl_jax.validate import validate_config
 
         validate_config(config, check_files=records is None)
@@ -96,6 +98,7 @@ class Trainer:
         self.tokenizer = tokenizer
         self.records = records if records is not None else self._load_records()
         self.response_prefix = response_prefix or self._think_prefix
+        self.tokenize_fn = tokenize_fn
         self.curriculum = Curriculum(config.curriculum.stages)
         self.tx, self.schedule = update.make_optimizer(config.optim)
         state = update.init_state(params, self.tx, jax.random.key(config.seed))
@@ -139,8 +142,8 @@ class Trainer:
         data = stage.data
         plain = lambda x: x.to_dict() if hasattr(x, "to_dict") else x
         select = {"levels": plain(data.levels), "domains": data.domains}
-        tokenize = make_tokenize_fn(self.tokenizer, self.config.data.prompt_mode,
-                                    plain_template=self.config.data.plain_template)
+        tokenize = self.tokenize_fn or make_tokenize_fn(self.tokenizer, self.config.data.prompt_mode,
+                                                        plain_template=self.config.data.plain_template)
         self.pipeline = PromptPipeline(
             self.records, select=select, mixture=data.mixture.to_dict() if data.mixture else None,
             batch_prompts=self.config.rollout.batch_prompts, group_size=self.config.rollout.group_size,
