@@ -36,7 +36,9 @@ def plain(q, k, v, kv_mask, cache_index=0):
     return out.reshape(b, t, h, d)
 
 
-def blockwise(q, k, v, kv_mask, cache_index=0, block_size=512):
+def blockwise(q, k, v, kv_mask, cache_index=0, block_size=512, skip=True):
+    """Flash-style attention; `skip`: key blocks wholly after a query block (causally
+    invisible) are skipped with `lax.cond`, halving the work of a causal pass."""
     b, t, h, d = q.shape
     s, hkv = k.shape[1], k.shape[2]
     g = h // hkv
@@ -56,10 +58,13 @@ def blockwise(q, k, v, kv_mask, cache_index=0, block_size=512):
     @jax.checkpoint  # the backward pass recomputes one query block at a time
     def query_block(qi, qblk):
         q_slot = cache_index + qi * bq + jnp.arange(bq)
+        last_q = cache_index + qi * bq + bq - 1  # causal: key blocks past it are skipped
 
-        def kv_step(carry, xs):
+        # Rematerialised too: the backward pass of the key scan keeps only the running
+        # (max, sum, acc) per key block, not the [bq, bk] scores and probabilities.
+        @jax.checkpoint
+        def kv_update(carry, kblk, vblk, mblk, ki):
             m, l, acc = carry
-            kblk, vblk, mblk, ki = xs
             k_slot = ki * bk + jnp.arange(bk)
             sc = jnp.einsum("bqhgd,bkhd->bhgqk", qblk, kblk, preferred_element_type=jnp.float32) * scale
             valid = (k_slot[None, :] <= q_slot[:, None])[None] & mblk[:, None, :]
@@ -70,7 +75,14 @@ def blockwise(q, k, v, kv_mask, cache_index=0, block_size=512):
             corr = jnp.exp(m - m_new)
             l = l * corr + p.sum(-1)
             pv = jnp.einsum("bhgqk,bkhd->bhgqd", p.astype(vblk.dtype), vblk, preferred_element_type=jnp.float32)
-            return (m_new, l, acc * corr[..., None] + pv), None
+            return m_new, l, acc * corr[..., None] + pv
+
+        def kv_step(carry, xs):
+            kblk, vblk, mblk, ki = xs
+            if not skip:
+                return kv_update(carry, kblk, vblk, mblk, ki), None
+            return jax.lax.cond(ki * bk <= last_q, lambda c: kv_update(c, kblk, vblk, mblk, ki),
+                                lambda c: c, carry), None
 
         init = (
             jnp.full((b, hkv, g, bq), _NEG, jnp.float32),

@@ -1,0 +1,383 @@
+"""Memory plan of a training config on a TPU topology, without the TPU.
+
+    python -m dsrl_jax.tools.memory --config=configs/stage2.py --topology=v5e-8
+
+Builds fake CPU devices shaped like the topology (XLA_FLAGS is set before JAX is
+imported), the config's mesh over them, abstract sharded parameters and optimizer state,
+and lowers + compiles, with `jax.jit(...).lower(ShapeDtypeStructs).compile()`:
+
+  train_step    the real update (rl/update.train_step) of the largest curriculum stage:
+                [num_micro, micro_batch, prompt + response] tokens, the stage's loss
+  sampler       the real generate program (Sampler._generate) for one sampler call:
+                rollout.prompts_per_sample_call prompts (padded as the Sampler pads them)
+                x group_size samples, cache length prompt bucket + response bucket
+  ref_logprobs  the no-gradient log-prob program, for `--logprob_rows` sequences
+
+The compiled programs' memory_analysis() and cost_analysis() give per-device bytes and
+FLOPs. Besides its own arguments, each program shares HBM with buffers that stay resident
+(optimizer state during sampling, the frozen reference parameters when kl_coef > 0), so
+"resident" adds those and "fits" compares the sum with the topology's HBM per device.
+The last printed line is a JSON object with the figures.
+
+Config fields read: model.{init,dtype,param_dtype,scan_layers,remat,attention_impl},
+mesh, sharding_rules, rollout.{batch_prompts,group_size,prompts_per_sample_call,
+cache_dtype,top_k,top_p}, train.{mini_batch_size,micro_batch_size,logprob_chunk}, loss,
+optim, curriculum.stages[*].{max_prompt_len,max_response_len,loss}.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from dsrl_jax.tools import topologies
+
+_FLAGS_DEFINED = False
+
+
+def _preparse_topology(argv) -> str:
+    for i, a in enumerate(argv):
+        if a.startswith("--topology="):
+            return a.split("=", 1)[1]
+        if a == "--topology" and i + 1 < len(argv):
+            return argv[i + 1]
+    return "v5e-8"
+
+
+def setup_fake_devices(num_devices: int) -> None:
+    """Must run before `import jax`."""
+    if "jax" in sys.modules:
+        raise RuntimeError("setup_fake_devices must run before jax is imported")
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={num_devices}"])
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+# ---- library (importable once jax is set up) -------------------------------------------
+
+
+def model_config(c, preset_name: str | None = None, num_layers: int | None = None):
+    """The Qwen2Config the trainer would build, without reading weights: the `preset:`
+    named in model.init, a local HF dir's config.json, or `preset_name` (default: the
+    DeepSeek-R1-Distill-Qwen-1.5B architecture, which every paper config starts from)."""
+    from dsrl_jax.models.config import Qwen2Config, preset
+
+    m = c.model
+    options = dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat=m.remat,
+                   attention_impl=m.attention_impl)
+    if num_layers:
+        options["num_layers"] = num_layers
+    if m.init.startswith("preset:"):
+        return preset(m.init.split(":", 1)[1], **options)
+    path = os.path.join(m.init, "config.json")
+    if not preset_name and os.path.exists(path):
+        return Qwen2Config.from_file(path, **options)
+    return preset(preset_name or "deepseek-r1-distill-qwen-1.5b", **options)
+
+
+def _stats(compiled) -> dict:
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    # XLA:CPU's peak_memory_in_bytes counts arguments only; use the buffer-assignment sum
+    # (live arguments + outputs not aliased to donated arguments + temporaries).
+    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+    return {
+        "peak_bytes_per_device": int(peak),
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+        "alias_bytes": int(mem.alias_size_in_bytes),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+        "flops": float((cost or {}).get("flops", 0.0)),
+    }
+
+
+def _sds(shape, dtype, sharding):
+    import jax
+
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+
+def _per_device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
+    import jax
+    import numpy as np
+
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shard = x.sharding.shard_shape(x.shape)
+        total += int(np.prod(shard)) * np.dtype(x.dtype).itemsize
+    return total
+
+
+def abstract_state(cfg, c, mesh, rules):
+    """Sharded ShapeDtypeStructs of the train state {params, opt_state, step, rng}."""
+    import jax
+    import jax.numpy as jnp
+
+    from dsrl_jax import parallel
+    from dsrl_jax.models import qwen2
+    from dsrl_jax.rl import update
+
+    abstract = qwen2.abstract_params(cfg)
+    shardings = parallel.param_shardings(qwen2.logical_axes(cfg), abstract, mesh, rules)
+    params = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, shardings)
+    tx, _ = update.make_optimizer(c.optim)
+    # The optimizer state's shardings as the compiler propagates them from the params'.
+    init = jax.jit(tx.init).lower(params).compile()
+    opt_shapes = jax.eval_shape(tx.init, params)
+    rep = parallel.replicated(mesh)
+    named = lambda s: s if isinstance(s, jax.sharding.NamedSharding) else rep  # scalars (count)
+    opt_state = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, named(s)), opt_shapes, init.output_shardings)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    state = {"params": params, "opt_state": opt_state, "step": _sds((), jnp.int32, rep),
+             "rng": _sds(key.shape, key.dtype, rep)}
+    return state, tx
+
+
+def stage_loss_config(c, stage):
+    from dsrl_jax.rl.trainer import _merged
+
+    return _merged(c.loss, dict(stage.get("loss") or {}))
+
+
+def stage_lengths(stage, exact: bool = False) -> tuple[int, int]:
+    """(prompt, response) lengths of the update's arrays: rollout.assemble pads both to
+    power-of-two buckets (`exact`: the raw limits instead)."""
+    from dsrl_jax.sampling import bucket
+
+    p, m = int(stage["max_prompt_len"]), int(stage["max_response_len"])
+    return (p, m) if exact else (bucket(p), bucket(m))
+
+
+def plan_train_step(cfg, c, mesh, rules, state, tx, stage, *, micro_batch=None, seq_len=None, num_micro=None,
+                    exact_lengths=False):
+    """Lowers and compiles update.train_step for one stage; returns (stats, info)."""
+    import jax
+    import jax.numpy as jnp
+
+    from dsrl_jax import parallel
+    from dsrl_jax.rl import update
+
+    loss_cfg = stage_loss_config(c, stage)
+    plen, mlen = stage_lengths(stage, exact_lengths)
+    if seq_len:
+        mlen = seq_len - plen
+    n = c.rollout.batch_prompts * c.rollout.group_size
+    mini = c.train.mini_batch_size or n
+    micro = min(micro_batch or c.train.micro_batch_size, mini)
+    nm = num_micro or mini // micro
+    multi_update = c.train.epochs_per_batch > 1 or mini < n
+    batch_axes = parallel.batch_sharding(mesh, 1, rules).spec[0]
+    b3 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, batch_axes, None))
+    b2 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, batch_axes))
+    batch = {
+        "tokens": _sds((nm, micro, plen + mlen), jnp.int32, b3),
+        "kv_mask": _sds((nm, micro, plen + mlen), jnp.bool_, b3),
+        "loss_mask": _sds((nm, micro, mlen), jnp.float32, b3),
+        "truncated": _sds((nm, micro), jnp.bool_, b2),
+        "advantages": _sds((nm, micro), jnp.float32, b2),
+    }
+    if multi_update:
+        batch["old_logprobs"] = _sds((nm, micro, mlen), jnp.float32, b3)
+    if loss_cfg.kl_coef:
+        batch["ref_logprobs"] = _sds((nm, micro, mlen), jnp.float32, b3)
+    batch["normalizer"] = _sds((), jnp.float32, parallel.replicated(mesh))
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    batch_sh = jax.tree.map(lambda x: x.sharding, batch)
+    fn = update.make_train_step(cfg, loss_cfg, tx, state_sh, batch_sh, plen, c.train.logprob_chunk)
+    t0 = time.perf_counter()
+    compiled = fn.lower(state, batch).compile()
+    info = {"micro_batch": micro, "num_micro": nm, "prompt_len": plen, "response_len": mlen,
+            "tokens_per_micro_batch": micro * (plen + mlen), "compile_s": round(time.perf_counter() - t0, 1)}
+    return _stats(compiled), info
+
+
+def plan_sampler(cfg, c, mesh, rules, params, stage, *, prompts_per_call=None):
+    """Lowers and compiles the Sampler's generate program for one call; (stats, info)."""
+    import jax
+    import jax.numpy as jnp
+
+    from dsrl_jax import parallel
+    from dsrl_jax.sampling import SampleOptions, Sampler, _static, bucket
+
+    r = c.rollout
+    sampler = Sampler(cfg, mesh, rules)
+    prompts = prompts_per_call or r.prompts_per_sample_call or r.batch_prompts
+    rows = bucket(prompts, sampler.min_batch_bucket)  # as Sampler.pad_prompts pads
+    plen = bucket(int(stage["max_prompt_len"]), sampler.min_prompt_bucket)
+    opts = SampleOptions(max_new_tokens=int(stage["max_response_len"]), temperature=max(r.temperature, 1e-3),
+                         top_p=r.top_p, top_k=r.top_k, n=r.group_size, stop_token_ids=(1,),
+                         cache_dtype=r.cache_dtype)
+    sh = parallel.batch_sharding(mesh, 2, rules)
+    rep = parallel.replicated(mesh)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    args = (params, _sds((rows, plen), jnp.int32, sh), _sds((rows, plen), jnp.bool_, sh),
+            _sds(key.shape, key.dtype, rep), _sds((), jnp.int32, rep), _sds((), jnp.float32, rep),
+            _sds((), jnp.float32, rep))
+    t0 = time.perf_counter()
+    compiled = sampler._generate.lower(*args, max_new_bucket=bucket(opts.max_new_tokens), opts=_static(opts)).compile()
+    info = {"prompts_per_call": prompts, "padded_prompts": rows, "sequences": rows * r.group_size,
+            "cache_len": plen + bucket(opts.max_new_tokens), "compile_s": round(time.perf_counter() - t0, 1)}
+    return _stats(compiled), info
+
+
+def plan_logprobs(cfg, c, mesh, rules, params, stage, rows: int, exact_lengths=False):
+    import jax
+    import jax.numpy as jnp
+
+    from dsrl_jax import parallel
+    from dsrl_jax.rl import update
+
+    plen, mlen = stage_lengths(stage, exact_lengths)
+    sh = parallel.batch_sharding(mesh, 2, rules)
+    fn = update.make_logprob_fn(cfg, plen, c.train.logprob_chunk)
+    t0 = time.perf_counter()
+    compiled = fn.lower(params, _sds((rows, plen + mlen), jnp.int32, sh),
+                        _sds((rows, plen + mlen), jnp.bool_, sh)).compile()
+    return _stats(compiled), {"rows": rows, "compile_s": round(time.perf_counter() - t0, 1)}
+
+
+def largest_stage(c) -> tuple[int, dict]:
+    stages = [dict(s) for s in c.curriculum.stages]
+    i = max(range(len(stages)), key=lambda j: (stages[j]["max_prompt_len"] + stages[j]["max_response_len"]))
+    return i, stages[i]
+
+
+def run_plan(c, topology: "topologies.Topology", *, micro_batch=None, seq_len=None, num_micro=None,
+             prompts_per_call=None, num_layers=None, preset_name=None, logprob_rows=None, exact_lengths=False,
+             programs=("train_step", "sampler", "ref_logprobs")) -> dict:
+    import jax
+
+    from dsrl_jax import parallel
+
+    rules = c.sharding_rules.to_dict()
+    devices = jax.devices()[: topology.devices]
+    mesh = parallel.make_mesh(c.mesh.to_dict(), devices)
+    cfg = model_config(c, preset_name, num_layers)
+    with jax.set_mesh(mesh):  # the model pins activations' batch dim under an ambient mesh
+        return _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, prompts_per_call,
+                         logprob_rows, exact_lengths, programs)
+
+
+def _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, prompts_per_call, logprob_rows,
+              exact_lengths, programs):
+    import jax
+
+    state, tx = abstract_state(cfg, c, mesh, rules)
+    si, stage = largest_stage(c)
+    loss_cfg = stage_loss_config(c, stage)
+    param_b = _per_device_bytes(state["params"])
+    opt_b = _per_device_bytes(state["opt_state"])
+    ref_b = param_b if any(stage_loss_config(c, dict(s)).kl_coef for s in c.curriculum.stages) else 0
+    out = {"topology": topology.name, "devices": topology.devices, "hbm_bytes_per_device": topology.hbm_bytes,
+           "mesh": dict(mesh.shape), "stage": stage.get("name", si), "model_params": int(sum(
+               x.size for x in jax.tree.leaves(state["params"]))),
+           "remat": cfg.remat, "attention_impl": cfg.attention_impl,
+           "resident": {"params": param_b, "opt_state": opt_b, "ref_params": ref_b}}
+    if "train_step" in programs:
+        s, info = plan_train_step(cfg, c, mesh, rules, state, tx, stage, micro_batch=micro_batch, seq_len=seq_len,
+                                  num_micro=num_micro, exact_lengths=exact_lengths)
+        s["resident_other_bytes"] = ref_b  # the reference params live beside the update
+        out["train_step"] = {**s, **info}
+    if "sampler" in programs:
+        s, info = plan_sampler(cfg, c, mesh, rules, state["params"], stage, prompts_per_call=prompts_per_call)
+        s["resident_other_bytes"] = opt_b + ref_b  # Adam moments (+ reference) stay in HBM
+        out["sampler"] = {**s, **info}
+    if "ref_logprobs" in programs and (loss_cfg.kl_coef or c.train.epochs_per_batch > 1 or c.train.mini_batch_size):
+        rows = logprob_rows or min(c.train.micro_batch_size, c.rollout.batch_prompts * c.rollout.group_size)
+        s, info = plan_logprobs(cfg, c, mesh, rules, state["params"], stage, rows, exact_lengths)
+        s["resident_other_bytes"] = opt_b + param_b  # the policy's state beside the reference
+        out["ref_logprobs"] = {**s, **info}
+    for name in ("train_step", "sampler", "ref_logprobs"):
+        if name in out:
+            p = out[name]
+            p["total_bytes_per_device"] = p["peak_bytes_per_device"] + p["resident_other_bytes"]
+            p["fits"] = p["total_bytes_per_device"] <= topology.hbm_bytes
+    return out
+
+
+def format_table(plan: dict) -> str:
+    g = lambda b: f"{b / topologies.GIB:7.2f}"
+    lines = [
+        f"topology {plan['topology']}: {plan['devices']} devices x {plan['hbm_bytes_per_device'] / topologies.GIB:g} GiB,"
+        f" mesh {plan['mesh']}, stage {plan['stage']}, {plan['model_params'] / 1e9:.3f}B params,"
+        f" remat={plan['remat']}, attention={plan['attention_impl']}",
+        f"resident per device (GiB): params {g(plan['resident']['params'])}, opt_state"
+        f" {g(plan['resident']['opt_state'])}, ref_params {g(plan['resident']['ref_params'])}",
+        f"{'program':<13} {'shape':<34} {'arg GiB':>8} {'out GiB':>8} {'temp GiB':>8} {'peak GiB':>8}"
+        f" {'+resid':>8} {'HBM GiB':>8} {'fits':>5} {'TFLOP':>9} {'compile':>8}",
+    ]
+    for name in ("train_step", "sampler", "ref_logprobs"):
+        if name not in plan:
+            continue
+        p = plan[name]
+        if name == "train_step":
+            shape = f"{p['num_micro']}x{p['micro_batch']}x({p['prompt_len']}+{p['response_len']})"
+        elif name == "sampler":
+            shape = f"{p['padded_prompts']}p x{p['sequences'] // p['padded_prompts']} cache {p['cache_len']}"
+        else:
+            shape = f"{p['rows']} rows"
+        lines.append(
+            f"{name:<13} {shape:<34} {g(p['argument_bytes'])} {g(p['output_bytes'])} {g(p['temp_bytes'])}"
+            f" {g(p['peak_bytes_per_device'])} {g(p['total_bytes_per_device'])}"
+            f" {g(plan['hbm_bytes_per_device'])} {'yes' if p['fits'] else 'NO':>5} {p['flops'] / 1e12:9.1f}"
+            f" {p['compile_s']:7.1f}s")
+    return "\n".join(lines)
+
+
+def summary_json(plan: dict) -> dict:
+    keys = ("peak_bytes_per_device", "argument_bytes", "output_bytes", "temp_bytes", "flops",
+            "total_bytes_per_device", "fits")
+    out = {name: {k: plan[name][k] for k in keys} for name in ("train_step", "sampler", "ref_logprobs")
+           if name in plan}
+    out["topology"] = plan["topology"]
+    out["hbm_bytes_per_device"] = plan["hbm_bytes_per_device"]
+    return out
+
+
+# ---- command line -----------------------------------------------------------------------
+
+
+def _define_flags():
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", "configs/stage2.py", "Training config file.")
+    flags.DEFINE_string("topology", "v5e-8", f"One of: {', '.join(topologies.TOPOLOGIES)}.")
+    flags.DEFINE_integer("micro_batch", None, "Override train.micro_batch_size.")
+    flags.DEFINE_integer("num_micro", None, "Micro-batches in the compiled step (memory does not depend on it"
+                         " beyond the batch arguments; default: the config's mini-batch / micro-batch).")
+    flags.DEFINE_integer("seq_len", None, "Override the update's total sequence length (prompt + response).")
+    flags.DEFINE_integer("prompts_per_call", None, "Override rollout.prompts_per_sample_call.")
+    flags.DEFINE_integer("logprob_rows", None, "Rows of the reference log-prob program (default micro_batch).")
+    flags.DEFINE_integer("num_layers", None, "Fewer layers (quick checks only).")
+    flags.DEFINE_string("preset", None, "Model preset instead of the config's model.init.")
+    flags.DEFINE_bool("exact_lengths", False, "Unbucketed prompt/response lengths in the update.")
+    flags.DEFINE_list("programs", ["train_step", "sampler", "ref_logprobs"], "Programs to compile.")
+
+
+def main(argv):
+    import json
+
+    from absl import flags
+
+    del argv
+    F = flags.FLAGS
+    topo = topologies.get(F.topology)
+    plan = run_plan(F.config, topo, micro_batch=F.micro_batch, seq_len=F.seq_len, num_micro=F.num_micro,
+                    prompts_per_call=F.prompts_per_call, num_layers=F.num_layers, preset_name=F.preset,
+                    logprob_rows=F.logprob_rows, exact_lengths=F.exact_lengths, programs=tuple(F.programs))
+    print(format_table(plan))
+    print(json.dumps(summary_json(plan)))
+
+
+if __name__ == "__main__":
+    _topo = topologies.get(_preparse_topology(sys.argv))
+    setup_fake_devices(_topo.devices)
+    from absl import app
+
+    _define_flags()
+    app.run(main)
