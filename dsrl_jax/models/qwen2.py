@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dsrl_jax import parallel
 from dsrl_jax.models import attention
 from dsrl_jax.models.config import Qwen2Config
 
@@ -95,16 +96,19 @@ class Attention(nnx.Module):
         k = jnp.einsum("bte,ehd->bthd", x, self.k_proj[...].astype(dt)) + self.k_bias[...].astype(dt)
         v = jnp.einsum("bte,ehd->bthd", x, self.v_proj[...].astype(dt)) + self.v_bias[...].astype(dt)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache_kv is not None:  # write this step's keys/values at their slots, attend over all
+        new_kv = None
+        if cache_kv is not None:  # this step's keys/values at their slots, attend over all
             ck, cv = cache_kv
-            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
-            cache_kv = (k, v)
+            new_kv = (k.astype(ck.dtype), v.astype(cv.dtype))
+            k = jax.lax.dynamic_update_slice_in_dim(ck, new_kv[0], cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, new_kv[1], cache_index, axis=1)
         out = attention.attend(
             q, k.astype(dt), v.astype(dt), kv_mask, cache_index,
             impl=cfg.attention_impl, block_size=cfg.attention_block_size,
         )
-        return jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(dt)), cache_kv
+        # Only the new slots are returned: the caller writes them into the stacked cache in
+        # place, instead of materialising a fresh copy of the whole cache per layer.
+        return jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(dt)), new_kv
 
 
 class MLP(nnx.Module):
@@ -158,33 +162,45 @@ class Qwen2ForCausalLM(nnx.Module):
         """Final normalised hidden states [B, T, E] and the updated cache."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+        x = parallel.constrain_batch(jnp.take(self.embed[...], tokens, axis=0).astype(dt))
         cos, sin = rope_tables(positions, cfg.dim_per_head, cfg.rope_theta)
         graphdef, layer_state = nnx.split(self.layers)
 
         def layer_fn(x, state, cache_kv):
-            return nnx.merge(graphdef, state)(x, cos, sin, kv_mask, cache_kv, cache_index)
+            x, cache_kv = nnx.merge(graphdef, state)(x, cos, sin, kv_mask, cache_kv, cache_index)
+            return parallel.constrain_batch(x), cache_kv
 
         if cfg.remat != "none":
             layer_fn = jax.checkpoint(layer_fn, policy=_REMAT_POLICY[cfg.remat])
 
-        caches = None if cache is None else (cache["k"], cache["v"])
-        if cfg.scan_layers:
-            def body(x, xs):
-                state, cache_kv = xs
-                x, cache_kv = layer_fn(x, state, cache_kv)
-                return x, cache_kv
+        if cache is None:
+            def body(x, state):
+                return layer_fn(x, state, None)[0], None
 
-            x, new_caches = jax.lax.scan(body, x, (layer_state, caches))
+            if cfg.scan_layers:
+                x, _ = jax.lax.scan(body, x, layer_state)
+            else:
+                for i in range(cfg.num_layers):
+                    x, _ = body(x, jax.tree.map(lambda a: a[i], layer_state))
+            return self.final_norm(x), None
+
+        # The stacked cache [L, B, S, Hkv, D] is carried through the layers; each layer reads
+        # its slice and writes back only its new keys/values (an in-place update).
+        def body_cached(carry, xs):
+            x, ks, vs = carry
+            state, i = xs
+            x, (k_new, v_new) = layer_fn(x, state, (ks[i], vs[i]))
+            write = lambda c, new: jax.lax.dynamic_update_slice(c, new[None], (i, 0, cache_index, 0, 0))
+            return (x, write(ks, k_new), write(vs, v_new)), None
+
+        carry = (x, cache["k"], cache["v"])
+        if cfg.scan_layers:
+            carry, _ = jax.lax.scan(body_cached, carry, (layer_state, jnp.arange(cfg.num_layers)))
         else:
-            outs = []
             for i in range(cfg.num_layers):
-                state_i = jax.tree.map(lambda a: a[i], layer_state)
-                cache_i = None if caches is None else (caches[0][i], caches[1][i])
-                x, cache_i = layer_fn(x, state_i, cache_i)
-                outs.append(cache_i)
-            new_caches = None if caches is None else tuple(jnp.stack(c) for c in zip(*outs))
-        new_cache = None if cache is None else {"k": new_caches[0], "v": new_caches[1]}
+                carry, _ = body_cached(carry, (jax.tree.map(lambda a: a[i], layer_state), i))
+        x, ks, vs = carry
+        new_cache = {"k": ks, "v": vs}
         return self.final_norm(x), new_cache
 
     def head_weight(self) -> jax.Array:
