@@ -1,6 +1,6 @@
 """The jitted, sharded GRPO update: micro-batched gradients, AdamW, non-finite guard.
 
-    state = init_state(cfg, params, tx, rng)                  # params, opt_state, step, rng
+    state = init_state(params, tx, rng)                        # params, opt_state, step, rng
     step_fn = make_train_step(cfg, loss_cfg, tx, state_shardings, batch_sharding, chunk)
     state, metrics = step_fn(state, batch)                      # batch: see `TrainBatch`
 
@@ -12,6 +12,7 @@ the update (parameters and optimizer state unchanged) and is reported in the met
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -51,7 +52,19 @@ def make_optimizer(optim: ml_collections.ConfigDict) -> tuple[optax.GradientTran
 
 
 def init_state(params, tx, rng) -> dict:
-    opt_state = jax.jit(tx.init)(params)
+    """Params, optimizer state, step and RNG. Params-shaped parts of the optimizer state
+    (Adam's moments) are created in the parameters' shardings (left to the compiler, the
+    zeros come out replicated on every device); its other leaves are replicated."""
+    out_shardings = None
+    leaf = jax.tree.leaves(params)[0]
+    if isinstance(getattr(leaf, "sharding", None), NamedSharding):
+        param_shardings = jax.tree.map(lambda x: x.sharding, params)
+        structure = jax.tree.structure(params)
+        like_params = lambda x: jax.tree.structure(x) == structure
+        out_shardings = jax.tree.map(
+            lambda x: param_shardings if like_params(x) else NamedSharding(leaf.sharding.mesh, P()),
+            jax.eval_shape(tx.init, params), is_leaf=like_params)
+    opt_state = jax.jit(tx.init, out_shardings=out_shardings)(params)
     return {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32), "rng": rng}
 
 
@@ -83,6 +96,9 @@ def _micro_loss(params, mb, *, cfg, loss_cfg, prompt_len, chunk, normalizer):
     return loss, metrics
 
 
+_SUMMED_METRICS = ("loss", "pg_loss", "kl", "entropy", "num_tokens")
+
+
 def train_step(state: dict, batch: dict, *, cfg: Qwen2Config, loss_cfg, tx, prompt_len: int, chunk: int):
     params = state["params"]
     normalizer = batch["normalizer"]
@@ -93,8 +109,10 @@ def train_step(state: dict, batch: dict, *, cfg: Qwen2Config, loss_cfg, tx, prom
         grads, loss_sum, metric_sums = carry
         (loss, metrics), g = grad_fn(params, mb, cfg=cfg, loss_cfg=loss_cfg, prompt_len=prompt_len,
                                      chunk=chunk, normalizer=normalizer)
-        w = metrics["num_tokens"]  # token-weighted averages of the per-micro-batch metrics
-        metric_sums = {k: metric_sums[k] + (v if k == "num_tokens" else v * w) for k, v in metrics.items()}
+        # Loss terms are already divided by the whole mini-batch's normalizer: they add up.
+        # The rest (clip fractions, ratios) are per-micro-batch means: token-weighted.
+        w = metrics["num_tokens"]
+        metric_sums = {k: metric_sums[k] + (v if k in _SUMMED_METRICS else v * w) for k, v in metrics.items()}
         return (jax.tree.map(jnp.add, grads, g), loss_sum + loss, metric_sums), None
 
     first = jax.tree.map(lambda x: x[0], micro)
@@ -106,7 +124,7 @@ def train_step(state: dict, batch: dict, *, cfg: Qwen2Config, loss_cfg, tx, prom
     (grads, loss, sums), _ = jax.lax.scan(body, zeros, micro)
 
     tokens = jnp.maximum(sums["num_tokens"], 1.0)
-    metrics = {k: (v if k == "num_tokens" else v / tokens) for k, v in sums.items()}
+    metrics = {k: (v if k in _SUMMED_METRICS else v / tokens) for k, v in sums.items()}
     metrics["loss"] = loss  # the exact mini-batch loss (sum of normalised micro losses)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -127,6 +145,8 @@ def make_train_step(cfg, loss_cfg, tx, state_shardings, batch_sharding_tree, pro
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
+@functools.lru_cache(maxsize=64)
 def make_logprob_fn(cfg, prompt_len, chunk):
-    """Jitted [N, M] completion log-probs, no gradients (old / reference policy)."""
+    """Jitted [N, M] completion log-probs, no gradients (old / reference policy). Cached:
+    a fresh jit per training step would recompile every step."""
     return jax.jit(lambda params, tokens, kv_mask: completion_logprobs(cfg, params, tokens, kv_mask, prompt_len, chunk)[0])
