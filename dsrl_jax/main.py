@@ -30,6 +30,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax and XLA log every checkpoint at INFO
     config = _CONFIG.value
     if config is None:
         sys.exit("error: --config is required (e.g. --config=configs/demo.py)")
