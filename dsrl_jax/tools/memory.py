@@ -116,6 +116,7 @@ def abstract_state(cfg, c, mesh, rules):
     """Sharded ShapeDtypeStructs of the train state {params, opt_state, step, rng}."""
     import jax
     import jax.numpy as jnp
+    import optax
 
     from dsrl_jax import parallel
     from dsrl_jax.models import qwen2
@@ -125,12 +126,13 @@ def abstract_state(cfg, c, mesh, rules):
     shardings = parallel.param_shardings(qwen2.logical_axes(cfg), abstract, mesh, rules)
     params = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, shardings)
     tx, _ = update.make_optimizer(c.optim)
-    # The optimizer state's shardings as the compiler propagates them from the params'.
-    init = jax.jit(tx.init).lower(params).compile()
-    opt_shapes = jax.eval_shape(tx.init, params)
+    # Adam moments take their parameter's sharding (as `jax.jit(tx.init)` on sharded
+    # arrays gives at run time); counters and the like are replicated.
     rep = parallel.replicated(mesh)
-    named = lambda s: s if isinstance(s, jax.sharding.NamedSharding) else rep  # scalars (count)
-    opt_state = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, named(s)), opt_shapes, init.output_shardings)
+    opt_shapes = jax.eval_shape(tx.init, params)
+    opt_state = optax.tree_map_params(
+        tx, lambda a, s: _sds(a.shape, a.dtype, s), opt_shapes, shardings,
+        transform_non_params=lambda a: _sds(a.shape, a.dtype, rep))
     key = jax.eval_shape(lambda: jax.random.key(0))
     state = {"params": params, "opt_state": opt_state, "step": _sds((), jnp.int32, rep),
              "rng": _sds(key.shape, key.dtype, rep)}
@@ -257,7 +259,7 @@ def run_plan(c, topology: "topologies.Topology", *, micro_batch=None, seq_len=No
     devices = jax.devices()[: topology.devices]
     mesh = parallel.make_mesh(c.mesh.to_dict(), devices)
     cfg = model_config(c, preset_name, num_layers)
-    with jax.set_mesh(mesh):  # the model pins activations' batch dim under an ambient mesh
+    with parallel.activation_sharding(mesh, rules):  # pins activations' batch dim (if supported)
         return _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, prompts_per_call,
                          logprob_rows, exact_lengths, programs)
 
@@ -265,6 +267,8 @@ def run_plan(c, topology: "topologies.Topology", *, micro_batch=None, seq_len=No
 def _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, prompts_per_call, logprob_rows,
               exact_lengths, programs):
     import jax
+
+    from dsrl_jax import parallel
 
     state, tx = abstract_state(cfg, c, mesh, rules)
     si, stage = largest_stage(c)
