@@ -24,7 +24,7 @@ from dsrl_jax.demo.tokenizer import CharTokenizer
 from dsrl_jax.models import hf
 from dsrl_jax.rewards import RewardPool
 
-SMOKE = dict(sft_size=400, rl_size=48, eval_size=24, sft_steps=40, sft_early_steps=20, score_k=2, eval_n=2)
+SMOKE = dict(sft_size=400, rl_size=48, eval_size=24, sft_steps=20, sft_early_steps=10, score_k=2, eval_n=2)
 
 
 def _apply_smoke(config):
@@ -50,9 +50,9 @@ def _warm_start_models(config, cfg, tok, sft_records, workdir):
     dirs = {name: os.path.join(workdir, "models", name) for name in ("sft-early", "warm-start")}
     if not all(os.path.exists(os.path.join(p, "config.json")) for p in dirs.values()):
         t = time.perf_counter()
-        early = warm_start(cfg, tok, sft_records, steps=d.sft_early_steps, lr=d.sft_lr, seed=config.seed, log_every=50)
-        final = warm_start(cfg, tok, sft_records, steps=d.sft_steps - d.sft_early_steps, lr=d.sft_lr,
-                           seed=config.seed + 1, params=early, log_every=50)
+        final, early = warm_start(cfg, tok, sft_records, steps=d.sft_steps, batch_size=d.sft_batch_size, lr=d.sft_lr,
+                                  label_smoothing=d.sft_label_smoothing, seed=config.seed, log_every=100,
+                                  snapshot_at=d.sft_early_steps)
         for name, params in (("sft-early", early), ("warm-start", final)):
             hf.save_params(dirs[name], cfg, params)
         print(f"warm start: {d.sft_steps} steps in {time.perf_counter() - t:.0f}s")

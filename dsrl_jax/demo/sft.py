@@ -102,7 +102,8 @@ def _train_step(cfg, params, opt_state, tokens, mask, key, step, lr, *, batch_si
 
 def warm_start(cfg: Qwen2Config, tokenizer, records: Sequence[dict], *, steps: int,
                batch_size: int = 32, lr: float = 5e-3, seed: int = 0, label_smoothing: float = 0.0,
-               params=None, log_every: int = 0, on_log: Callable[[int, float], None] | None = None):
+               params=None, log_every: int = 0, on_log: Callable[[int, float], None] | None = None,
+               snapshot_at: int | None = None):
     """Params after `steps` AdamW steps of supervised training on `records`.
 
     Starts from `params` if given, else `qwen2.init_params(cfg, seed)`. `label_smoothing`
@@ -110,6 +111,7 @@ def warm_start(cfg: Qwen2Config, tokenizer, records: Sequence[dict], *, steps: i
     but whose temperature-1 samples slip: the headroom that sharpening by RL recovers (as
     with distilled reasoning models, whose sampled accuracy trails their mode's). Every
     `log_every` steps `on_log(step, loss)` is called (default: print) with the batch loss.
+    With `snapshot_at`, returns (final params, a copy of the params after that many steps).
     """
     if params is None:
         params = qwen2.init_params(cfg, seed)
@@ -118,10 +120,13 @@ def warm_start(cfg: Qwen2Config, tokenizer, records: Sequence[dict], *, steps: i
     opt_state = _OPT.init(params)
     key, schedule = jax.random.key(seed), lr_schedule(lr, steps)
     on_log = on_log or (lambda s, l: print(f"warm start step {s}/{steps}: loss {l:.4f}", flush=True))
+    snapshot = None
     for step in range(steps):
+        if snapshot_at is not None and step == snapshot_at:
+            snapshot = jax.tree.map(jnp.copy, params)
         params, opt_state, loss = _train_step(
             cfg, params, opt_state, tokens, mask, key, jnp.int32(step), jnp.float32(schedule(step)),
             batch_size=batch_size, label_smoothing=float(label_smoothing))
         if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
             on_log(step + 1, float(loss))
-    return params
+    return params if snapshot_at is None else (params, snapshot)
