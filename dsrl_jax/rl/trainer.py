@@ -113,8 +113,12 @@ class Trainer:
         self.pipeline = None
         self._steps_cache: dict = {}
         resumed = self._maybe_resume()
+        self._saved_step = resumed
         self._write_run_files()
-        self.metrics = MetricsWriter(workdir, config.log.tensorboard, resume_step=resumed,
+        # The checkpoint of step s is taken after step s's metrics were written: keep them,
+        # drop the lines of steps after s that the killed run wrote (they are redone).
+        self.metrics = MetricsWriter(workdir, config.log.tensorboard,
+                                     resume_step=None if resumed is None else resumed + 1,
                                      is_primary=jax.process_index() == 0)
         timeout = config.reward_timeout_s or None
         self.pool = RewardPool(config.rewards.to_dict(), num_workers=config.reward_workers, timeout_s=timeout)
@@ -255,6 +259,10 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------
     def _checkpoint(self, force=False):
         step = int(self.state["step"])
+        if step == self._saved_step:  # e.g. the final save when the last step was saved already
+            return
+        self._saved_step = step
+        self.metrics.flush()  # the metrics of the steps this checkpoint covers reach the file first
         extra = {"curriculum": self.curriculum.state_dict(), "pipeline": self.pipeline.get_state()}
         self.checkpointer.save(step, self.state, extra, force=force)
 
