@@ -11,8 +11,11 @@ CPU device, cheap XLA compiles):
 Model, tokenizer and problems are the CPU demo's (dsrl_jax.demo): a ~0.3M-parameter Qwen2,
 a character tokenizer and synthetic arithmetic, so the whole build takes about a minute.
 
-DSRL_NOTEBOOK_FIXTURES=/path points the tests at a prebuilt root (e.g. the CPU demo's
-workdir) instead; NOTEBOOK_RUN_DIRS says which directory under it each notebook reads.
+DSRL_NOTEBOOK_FIXTURES picks the fixtures: "project" (default, the above), "demo" (the CPU
+demo's smoke run, `python -m dsrl_jax.main --config=configs/demo.py --config.smoke=True`,
+whose workdir must then also hold evals/<label>/summary.json), or the path of a prebuilt
+root (a demo workdir when it holds metrics.jsonl, else the layout above). RUN_DIRS says
+which directory under the root each notebook reads.
 """
 from __future__ import annotations
 
@@ -28,13 +31,18 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COLAB = REPO / "colab"
-FIXTURES_ENV = "DSRL_NOTEBOOK_FIXTURES"
-# The RUN_DIR of each notebook, relative to the fixture root.
-NOTEBOOK_RUN_DIRS = {
-    "run_curves.ipynb": "train",
-    "difficulty_levels.ipynb": "scored",
-    "compare_evals.ipynb": "evals",
+FIXTURES = os.environ.get("DSRL_NOTEBOOK_FIXTURES", "project")  # project | demo | /path/to/root
+# The RUN_DIR of each notebook, relative to the fixture root, per layout.
+RUN_DIRS = {
+    "project": {"run_curves.ipynb": "train", "difficulty_levels.ipynb": "scored", "compare_evals.ipynb": "evals"},
+    "demo": {"run_curves.ipynb": ".", "difficulty_levels.ipynb": "scored", "compare_evals.ipynb": "evals"},
 }
+NOTEBOOKS = sorted(RUN_DIRS["project"])
+# Subprocess environment: fresh JAX on one CPU device with cheap compiles (each program runs
+# a few times only; halves the build time).
+FIXTURE_ENV = {"JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0 "
+                            "--xla_llvm_disable_expensive_passes=true"}
 CELL_TIMEOUT_S = 120
 
 
@@ -128,15 +136,18 @@ def make_scored_dataset(root: str) -> None:
 FIXTURE_PARTS = {"train": make_training_run, "scored": make_scored_dataset}
 
 
-def build_fixture_root(root: pathlib.Path) -> None:
-    """Both parts in parallel subprocesses (each compiles on its own core)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           # one device; cheap compiles (these programs run a few times each)
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0 "
-                        "--xla_llvm_disable_expensive_passes=true"}
-    procs = {part: subprocess.Popen([sys.executable, __file__, str(root), part], cwd=REPO, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for part in FIXTURE_PARTS}
+def build_fixture_root(root: pathlib.Path, layout: str = "project") -> None:
+    """The project's parts in parallel subprocesses (each compiles on its own core), or the
+    CPU demo's smoke run."""
+    env = {**os.environ, **FIXTURE_ENV,
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    if layout == "demo":
+        commands = {"demo": [sys.executable, "-m", "dsrl_jax.main", "--config=configs/demo.py",
+                             "--config.smoke=True", f"--workdir={root}"]}
+    else:
+        commands = {part: [sys.executable, __file__, str(root), part] for part in FIXTURE_PARTS}
+    procs = {part: subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for part, cmd in commands.items()}
     for part, proc in procs.items():
         out, _ = proc.communicate(timeout=900)
         assert proc.returncode == 0, f"building fixture {part!r} failed:\n{out[-4000:]}"
@@ -144,14 +155,18 @@ def build_fixture_root(root: pathlib.Path) -> None:
 
 # -- tests ------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def fixture_root(tmp_path_factory):
-    if os.environ.get(FIXTURES_ENV):
-        return pathlib.Path(os.environ[FIXTURES_ENV])
-    root = tmp_path_factory.mktemp("notebook_fixtures")
-    start = time.perf_counter()
-    build_fixture_root(root)
-    print(f"notebook fixtures built in {time.perf_counter() - start:.0f}s")
-    return root
+def run_dirs(tmp_path_factory) -> dict[str, pathlib.Path]:
+    """{notebook: its RUN_DIR} in the fixture root (built once per session)."""
+    if FIXTURES in RUN_DIRS:
+        root, layout = tmp_path_factory.mktemp("notebook_fixtures"), FIXTURES
+        start = time.perf_counter()
+        build_fixture_root(root, layout)
+        print(f"notebook fixtures ({layout}) built in {time.perf_counter() - start:.0f}s")
+    else:
+        root = pathlib.Path(FIXTURES)
+        layout = "demo" if (root / "metrics.jsonl").exists() else "project"
+    return {name: root / rel for name, rel in RUN_DIRS[layout].items()}
+
 
 def executed(name: str, run_dir: pathlib.Path, workdir: pathlib.Path, monkeypatch):
     from nbclient import NotebookClient
@@ -164,22 +179,26 @@ def executed(name: str, run_dir: pathlib.Path, workdir: pathlib.Path, monkeypatc
                    resources={"metadata": {"path": str(workdir)}}).execute()
     return nb
 
+
 def figures_dir(run_dir: pathlib.Path) -> pathlib.Path:
     return (run_dir.parent if run_dir.is_file() else run_dir) / "figures"
 
-def test_fixture_root_is_real_project_output(fixture_root):
+
+def test_fixture_root_is_real_project_output(run_dirs):
     from dsrl_jax import analysis
 
-    cols = analysis.load_metrics(str(fixture_root / NOTEBOOK_RUN_DIRS["run_curves.ipynb"]))
-    assert len({s["stage"] for s in analysis.stage_spans(cols)}) >= 2  # a stage transition to draw
-    assert analysis.eval_series(cols)  # periodic evals were logged
-    records = analysis.load_scored(str(fixture_root / NOTEBOOK_RUN_DIRS["difficulty_levels.ipynb"]))
+    cols = analysis.load_metrics(str(run_dirs["run_curves.ipynb"]))
+    assert len({s["stage"] for s in analysis.stage_spans(cols)}) >= 2, "no stage transition to draw"
+    assert analysis.eval_series(cols), "no periodic eval/<bench>/pass@1 in metrics.jsonl (config.eval.every)"
+    records = analysis.load_scored(str(run_dirs["difficulty_levels.ipynb"]))
     assert records and all("pass_rates" in r and "levels" in r for r in records)
-    assert len(analysis.load_eval_summaries(str(fixture_root / NOTEBOOK_RUN_DIRS["compare_evals.ipynb"]))) >= 2
+    evals = run_dirs["compare_evals.ipynb"]
+    assert len(analysis.load_eval_summaries(str(evals))) >= 2, f"needs >= 2 summary.json under {evals}"
 
-@pytest.mark.parametrize("name", sorted(NOTEBOOK_RUN_DIRS))
-def test_notebook_runs_and_draws(name, fixture_root, tmp_path, monkeypatch):
-    run_dir = fixture_root / NOTEBOOK_RUN_DIRS[name]
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_and_draws(name, run_dirs, tmp_path, monkeypatch):
+    run_dir = run_dirs[name]
     nb = executed(name, run_dir, tmp_path, monkeypatch)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
@@ -188,7 +207,8 @@ def test_notebook_runs_and_draws(name, fixture_root, tmp_path, monkeypatch):
     saved = list(figures_dir(run_dir).glob("*.png"))
     assert saved, f"{name} saved no figure under {figures_dir(run_dir)}"
 
-@pytest.mark.parametrize("name", sorted(NOTEBOOK_RUN_DIRS))
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_is_committed_clean_with_settings_cell(name):
     nb = nbformat.read(COLAB / name, as_version=4)
     nbformat.validate(nb)
@@ -200,6 +220,7 @@ def test_notebook_is_committed_clean_with_settings_cell(name):
     assert "import dsrl_jax" in first and "except ImportError" in first and "%pip install" in first
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
+
 def test_notebooks_match_their_generator():
     sys.path.insert(0, str(COLAB))
     try:
@@ -207,7 +228,7 @@ def test_notebooks_match_their_generator():
     finally:
         sys.path.remove(str(COLAB))
     built = make_notebooks.build()
-    assert sorted(built) == sorted(p.name for p in COLAB.glob("*.ipynb")) == sorted(NOTEBOOK_RUN_DIRS)
+    assert sorted(built) == sorted(p.name for p in COLAB.glob("*.ipynb")) == NOTEBOOKS
     for name, nb in built.items():
         committed = nbformat.read(COLAB / name, as_version=4)
         assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in nb.cells], (
