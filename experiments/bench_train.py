@@ -33,6 +33,13 @@ from dsrl_jax.rl import grpo, update  # noqa: E402
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_train.json")
 
 
+def _pin(mesh):
+    import contextlib
+
+    pin = getattr(parallel, "activation_sharding", None)
+    return pin(mesh) if pin else contextlib.nullcontext()
+
+
 def _time(fn, *args, reps=3):
     out = fn(*args)
     jax.block_until_ready(out)
@@ -87,7 +94,7 @@ def bench_update(name, micro, seq_len, remat="none", attention="plain", reps=2, 
     mesh, fn, state, batch, state_sh, batch_sh = _setup(cfg, micro, 1, plen, seq_len - plen)
     state = jax.device_put(state, state_sh)
     batch = jax.device_put(batch, batch_sh)
-    with parallel.activation_sharding(mesh):
+    with _pin(mesh):
         state, _ = fn(state, batch)  # compile + warm-up (the state is donated)
         jax.block_until_ready(state)
         best = float("inf")
@@ -109,7 +116,7 @@ def memory_vs_length(lengths, name="medium", **opts):
         plen = 16
         mesh, fn, state, batch, state_sh, batch_sh = _setup(cfg, 1, 1, plen, t - plen)
         sds = lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s)
-        with parallel.activation_sharding(mesh):
+        with _pin(mesh):
             compiled = fn.lower(jax.tree.map(sds, state, state_sh), jax.tree.map(sds, batch, batch_sh)).compile()
         m = compiled.memory_analysis()
         peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes

@@ -259,7 +259,10 @@ def run_plan(c, topology: "topologies.Topology", *, micro_batch=None, seq_len=No
     devices = jax.devices()[: topology.devices]
     mesh = parallel.make_mesh(c.mesh.to_dict(), devices)
     cfg = model_config(c, preset_name, num_layers)
-    with parallel.activation_sharding(mesh, rules):  # pins activations' batch dim (if supported)
+    import contextlib
+
+    pin = getattr(parallel, "activation_sharding", None)  # pins activations' batch dim
+    with pin(mesh, rules) if pin else contextlib.nullcontext():
         return _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, prompts_per_call,
                          logprob_rows, exact_lengths, programs)
 
