@@ -8,6 +8,8 @@ shape and the rules change, and both live in the config.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -98,6 +100,37 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Mapping[str, Any] | None = 
     targets = (target,) if isinstance(target, str) else tuple(target)
     targets = tuple(a for a in targets if mesh.shape.get(a, 1) > 1) or None
     return NamedSharding(mesh, P(targets, *([None] * (ndim - 1))))
+
+
+_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Mapping[str, Any] | None = None):
+    """While tracing inside this context, `constrain_batch` pins activations' batch
+    dimension to the data-parallel axes of `mesh` (trace-time only; wrap the first call
+    or `.lower()` of a jitted function)."""
+    token = _ACTIVATION_MESH.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
+def constrain_batch(x):
+    """Pins x's leading (batch) dimension to the data-parallel axes of the mesh given to
+    `activation_sharding`. Without it, FSDP-sharded parameters can pull activations onto the
+    embedding dimension with the batch replicated (every device computes every sequence).
+    A no-op outside the context or when the batch does not divide."""
+    ctx = _ACTIVATION_MESH.get()
+    if ctx is None:
+        return x
+    mesh, rules = ctx
+    spec = batch_sharding(mesh, x.ndim, rules).spec
+    n = math.prod(mesh.shape[a] for a in ((spec[0],) if isinstance(spec[0], str) else (spec[0] or ())))
+    if n <= 1 or x.shape[0] % n:
+        return x
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def data_parallel_size(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> int:
