@@ -86,6 +86,14 @@ def get_config():
                       loss={"entropy_coef": 0.0, "mask_truncated": True},
                       end={"max_steps": 40, "plateau": None}).to_dict(),
     ]
+    # Periodic held-out evaluation (the demo points eval.benchmarks at its held-out split).
+    c.eval.every = 25
+    c.eval.n = 2
+    c.eval.temperature = 1.0
+    c.eval.top_p = 1.0
+    c.eval.max_new_tokens = 64
+    c.eval.limit = 100
+    c.eval.batch_size = 256
     c.checkpoint.every = 20
     c.checkpoint.export_hf = False
     return c

@@ -254,8 +254,9 @@ def _rows(batch, out, texts, results, n) -> list[dict]:
 
 
 def evaluate_benchmark(name, records, cfg, params, tokenizer, opts, sampler, pool,
-                       stop_token_ids, bench_dir=None) -> dict:
-    """Metrics of one benchmark; with `bench_dir`, resumes from and appends to its responses."""
+                       stop_token_ids, bench_dir=None, prompt_fn=None) -> dict:
+    """Metrics of one benchmark; with `bench_dir`, resumes from and appends to its responses.
+    `prompt_fn(record) -> ids` replaces the chat-template prompt (e.g. the demo's format)."""
     n = samples_for(name, records, opts)
     sample_opts = SampleOptions(
         max_new_tokens=int(opts.max_new_tokens), temperature=float(opts.temperature),
@@ -272,13 +273,14 @@ def evaluate_benchmark(name, records, cfg, params, tokenizer, opts, sampler, poo
     # R1-style templates open <think> in the prompt; grading must see it (an unclosed
     # think block, i.e. truncated reasoning, has no final answer).
     mode = opts.get("prompt_mode", "auto")
-    prefix = "<think>\n" if tokenizer.decode(prompt_ids(records[0], tokenizer, mode)[-3:]).rstrip().endswith("<think>") else ""
+    prompt_fn = prompt_fn or (lambda r: prompt_ids(r, tokenizer, mode))
+    prefix = "<think>\n" if tokenizer.decode(prompt_fn(records[0])[-3:]).rstrip().endswith("<think>") else ""
     bs = max(1, int(opts.batch_size))
     with tqdm(total=len(records), initial=len(records) - len(todo), desc=name, unit="problem") as bar:
         for start in range(0, len(todo), bs):
             batch = todo[start:start + bs]
             rng = jax.random.fold_in(key, index[batch[0]["id"]])
-            out = sampler.sample(params, [prompt_ids(r, tokenizer, mode) for r in batch], rng, sample_opts)
+            out = sampler.sample(params, [prompt_fn(r) for r in batch], rng, sample_opts)
             texts = [_decode(tokenizer, out.completion(i)) for i in range(len(batch) * n)]
             results = pool.score([prefix + t for t in texts], [batch[i // n] for i in range(len(texts))])
             rows = _rows(batch, out, texts, results, n)
@@ -293,7 +295,7 @@ def evaluate_benchmark(name, records, cfg, params, tokenizer, opts, sampler, poo
 
 
 def evaluate_policy(cfg, params, tokenizer, benchmarks, opts, sampler=None, workdir=None,
-                    pool=None, stop_token_ids=None) -> dict:
+                    pool=None, stop_token_ids=None, prompt_fn=None) -> dict:
     """{benchmark: metrics} for `benchmarks` ({name: records} or a spec string).
 
     With `workdir`, writes <workdir>/<bench>/responses.jsonl, summary.json and results.md,
@@ -313,7 +315,7 @@ def evaluate_policy(cfg, params, tokenizer, benchmarks, opts, sampler=None, work
         for name, records in benchmarks.items():
             bench_dir = os.path.join(workdir, name) if workdir else None
             summary[name] = evaluate_benchmark(name, records, cfg, params, tokenizer, opts, sampler,
-                                               pool, stops, bench_dir)
+                                               pool, stops, bench_dir, prompt_fn)
     finally:
         if own_pool:
             pool.close()

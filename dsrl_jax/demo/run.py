@@ -35,6 +35,7 @@ def _apply_smoke(config):
         config.train.micro_batch_size = 16
         config.reward_workers = 1
         config.checkpoint.every = 2
+        config.eval.every, config.eval.limit = 2, 8
         # A few supervised steps solve nothing, so levels come from seeded draws here.
         config.level_rules = {"keep": {"sample": 1.0},
                               "levels": [{"name": n, "when": {"sample": 0.6}} for n in ("L1", "L2", "L3")]}
@@ -73,13 +74,28 @@ def _score(config, tok, records, dirs, workdir):
                      prompt_fn=lambda record, t: t.format_prompt(record["problem"]))
 
 
-def _evaluate(cfg, params, tok, records, d, pool, seed):
-    sampled = pass_at_1(cfg, params, tok, records, n=d.eval_n, temperature=d.eval_temperature,
-                        max_new_tokens=d.eval_max_new_tokens, seed=seed, pool=pool)
+def _evaluate(cfg, params, tok, records, config, pool, workdir, label):
+    """Held-out Pass@1 (n samples at the demo's temperature) through the project's evaluator,
+    written to evals/<label>/ like any checkpoint's evaluation, plus greedy accuracy."""
+    from dsrl_jax.evaluate import evaluate_policy
+
+    d = config.demo
+    opts = ml_collections.ConfigDict(config.eval.to_dict())
+    opts.update(n=d.eval_n, temperature=d.eval_temperature, top_p=1.0, max_new_tokens=d.eval_max_new_tokens,
+                limit=0, batch_size=256, seed=config.seed)
+    out_dir = os.path.join(workdir, "evals", label)
+    prompt = lambda r: tok.format_prompt(r["problem"])
+    summary = evaluate_policy(cfg, params, tok, {"demo": records}, opts, pool=pool, workdir=out_dir,
+                              prompt_fn=prompt, stop_token_ids=[tok.eos_token_id])["demo"]
+    difficulty = {r["id"]: r["difficulty"] for r in records}
+    per: dict[str, list[float]] = {}
+    with open(os.path.join(out_dir, "demo", "responses.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            per.setdefault(str(difficulty[row["id"]]), []).append(float(row["reward"] >= 1.0))
     greedy = pass_at_1(cfg, params, tok, records, greedy=True, max_new_tokens=d.eval_max_new_tokens, pool=pool)
-    return {"pass@1": sampled.pass_at_1, "greedy_accuracy": greedy.pass_at_1,
-            "by_difficulty": {str(k): v for k, v in sampled.by_difficulty.items()},
-            "mean_length": sampled.mean_length}
+    return {"pass@1": summary["pass@1"], "greedy_accuracy": greedy.pass_at_1,
+            "by_difficulty": {k: sum(v) / len(v) for k, v in sorted(per.items())}}
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -96,8 +112,13 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t0 = time.perf_counter()
     params, dirs = _warm_start_models(config, cfg, tok, splits["sft"], workdir)
 
+    eval_file = os.path.join(workdir, "eval_problems.jsonl")  # the held-out split, for periodic evals
+    with open(eval_file, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in splits["eval"])
+    with config.unlocked():
+        config.eval.benchmarks = f"demo={eval_file}"
     with RewardPool(config.rewards.to_dict(), num_workers=config.reward_workers) as pool:
-        before = _evaluate(cfg, params["warm-start"], tok, splits["eval"], d, pool, config.seed)
+        before = _evaluate(cfg, params["warm-start"], tok, splits["eval"], config, pool, workdir, "step_0")
     print(f"held-out Pass@1 after the warm start: {before['pass@1']:.3f} (greedy {before['greedy_accuracy']:.3f})")
 
     levelled = _score(config, tok, splits["rl"], dirs, workdir)
@@ -107,7 +128,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
         trainer.run()
         final = jax.device_get(trainer.state["params"])
         with RewardPool(config.rewards.to_dict(), num_workers=config.reward_workers) as pool:
-            after = _evaluate(cfg, final, tok, splits["eval"], d, pool, config.seed)
+            after = _evaluate(cfg, final, tok, splits["eval"], config, pool, workdir,
+                              f"final_step_{int(trainer.state['step'])}")
         stages = trainer.curriculum.state_dict()
     finally:
         trainer.close()

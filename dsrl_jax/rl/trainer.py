@@ -298,10 +298,15 @@ class Trainer:
         return last
 
     def evaluate(self) -> dict:
+        """The configured benchmarks on the current policy; files under evals/step_<N>."""
         from dsrl_jax.evaluate import evaluate_policy, metrics_for_logging
 
+        step = int(self.state["step"])
+        stops = hf.stop_token_ids(self.tokenizer, self.model_dir)
         summary = evaluate_policy(self.cfg, self.state["params"], self.tokenizer, self.config.eval.benchmarks,
-                                  self.config.eval, sampler=self.sampler, pool=self.pool)
+                                  self.config.eval, sampler=self.sampler, pool=self.pool, stop_token_ids=stops,
+                                  workdir=os.path.join(self.workdir, "evals", f"step_{step}"),
+                                  prompt_fn=self.tokenize_fn)
         return metrics_for_logging(summary)
 
     def export_hf(self, out_dir: str | None = None):
