@@ -58,12 +58,10 @@ def init_state(params, tx, rng) -> dict:
     out_shardings = None
     leaf = jax.tree.leaves(params)[0]
     if isinstance(getattr(leaf, "sharding", None), NamedSharding):
-        param_shardings = jax.tree.map(lambda x: x.sharding, params)
-        structure = jax.tree.structure(params)
-        like_params = lambda x: jax.tree.structure(x) == structure
-        out_shardings = jax.tree.map(
-            lambda x: param_shardings if like_params(x) else NamedSharding(leaf.sharding.mesh, P()),
-            jax.eval_shape(tx.init, params), is_leaf=like_params)
+        replicated = NamedSharding(leaf.sharding.mesh, P())
+        out_shardings = optax.tree_map_params(
+            tx, lambda _, p: p.sharding, jax.eval_shape(tx.init, params), params,
+            transform_non_params=lambda _: replicated)
     opt_state = jax.jit(tx.init, out_shardings=out_shardings)(params)
     return {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32), "rng": rng}
 

@@ -234,8 +234,8 @@ def test_sharded_step_matches_single_device(parity_data, mesh_shape, embed_spec)
     # The state really is sharded over the mesh, before and after the step.
     for tree in (state_sh, jax.tree.map(lambda x: x.sharding, state)):
         assert tree["params"]["embed"].spec == embed_spec
-        mu = tree["opt_state"][1][0].mu  # (clip, (adam, wd, lr schedule))
-        assert mu["embed"].spec == embed_spec
+        adam = tree["opt_state"][1][0]  # (clip, (adam, wd, lr schedule))
+        assert adam.mu["embed"].spec == adam.nu["embed"].spec == embed_spec  # moments sharded like params
     leaves = [x for x in jax.tree.leaves(state["params"])]
     assert all(x.sharding.mesh.devices.size == 8 for x in leaves)
     sharded = [x for x in leaves if not x.sharding.is_fully_replicated]
