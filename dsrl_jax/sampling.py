@@ -5,7 +5,9 @@
 Prompts of different lengths are left-padded into a bucketed [batch, prompt_len] block, so
 a long run compiles a handful of programs (one per bucket), not one per batch. The decode
 loop stops as soon as every sequence has emitted a stop token. Each prompt is prefilled
-once and its cache is repeated for its n samples.
+once and its cache is repeated for its n samples (when the prompts divide by the
+data-parallel size; else the prompts are repeated and each row prefilled, so a call only
+needs prompts x n rows to divide by it). Lengths past 4096 bucket to multiples of 1024.
 
 Returned log-probs are those of the raw policy (log-softmax of the unmodified logits at the
 sampled token), whatever temperature / top-p / top-k shaped the sampling: GRPO needs them.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -64,11 +67,21 @@ class SampleOutput:
         return self.tokens[i, : self.lengths[i]].tolist()
 
 
-def bucket(n: int, minimum: int = 16) -> int:
-    """The smallest power of two >= n (and >= minimum)."""
+LINEAR_ABOVE = 4096  # past this, buckets grow by LINEAR_STEP instead of doubling
+LINEAR_STEP = 1024
+
+
+def bucket(n: int, minimum: int = 16, cap: int | None = None) -> int:
+    """The bucket of a length or batch size n: the smallest power of two >= n (and >=
+    minimum) up to 4096, above that the smallest multiple of 1024 (24,576 stays 24,576,
+    not 32,768). `cap` (a stage's limit, >= n): never more than cap."""
     size = minimum
-    while size < n:
+    while size < n and size < LINEAR_ABOVE:
         size *= 2
+    if size < n:
+        size = -(-n // LINEAR_STEP) * LINEAR_STEP
+    if cap is not None and n <= cap < size:
+        size = cap
     return size
 
 
@@ -110,16 +123,31 @@ class Sampler:
         self.rules = rules
         self.dp = parallel.data_parallel_size(self.mesh, rules)
         self.min_prompt_bucket = min_prompt_bucket
-        self.min_batch_bucket = max(min_batch_bucket, self.dp)
+        self.min_batch_bucket = min_batch_bucket
         self._generate = jax.jit(self._generate_impl, static_argnames=("max_new_bucket", "opts"))
 
     # -- host side -------------------------------------------------------------------------
-    def pad_prompts(self, prompts: Sequence[Sequence[int]]):
+    def batch_bucket(self, num_prompts: int, n: int = 1) -> int:
+        """Padded prompts of a call: only the num_prompts * n rows must divide by the
+        data-parallel size (a call of 1 prompt x 16 samples runs on 8 devices)."""
+        return bucket(num_prompts, max(self.min_batch_bucket, self.dp // math.gcd(self.dp, n)))
+
+    def new_tokens_bucket(self, max_new_tokens: int) -> int:
+        return bucket(max_new_tokens)
+
+    def input_sharding(self, batch: int):
+        """Prompt arrays: batch-sharded when the prompts divide by the data-parallel size,
+        else replicated (the program repeats them per sample before the prefill)."""
+        if batch % self.dp:
+            return parallel.replicated(self.mesh)
+        return parallel.batch_sharding(self.mesh, 2, self.rules)
+
+    def pad_prompts(self, prompts: Sequence[Sequence[int]], n: int = 1):
         """Left-padded tokens and mask [batch_bucket, prompt_bucket] (numpy)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
         plen = bucket(max(len(p) for p in prompts), self.min_prompt_bucket)
-        blen = bucket(len(prompts), self.min_batch_bucket)
+        blen = self.batch_bucket(len(prompts), n)
         tokens = np.zeros((blen, plen), np.int32)
         mask = np.zeros((blen, plen), bool)
         for i, p in enumerate(prompts):
@@ -130,13 +158,14 @@ class Sampler:
 
     def sample(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array,
                opts: SampleOptions) -> SampleOutput:
-        tokens, mask = self.pad_prompts(prompts)
-        sharding = parallel.batch_sharding(self.mesh, 2, self.rules)
-        out = self._generate(
-            params, jax.device_put(tokens, sharding), jax.device_put(mask, sharding), rng,
-            jnp.int32(opts.max_new_tokens), jnp.float32(opts.temperature), jnp.float32(opts.top_p),
-            max_new_bucket=bucket(opts.max_new_tokens), opts=_static(opts),
-        )
+        tokens, mask = self.pad_prompts(prompts, opts.n)
+        sharding = self.input_sharding(tokens.shape[0])
+        with parallel.activation_sharding(self.mesh, self.rules):  # read while tracing
+            out = self._generate(
+                params, jax.device_put(tokens, sharding), jax.device_put(mask, sharding), rng,
+                jnp.int32(opts.max_new_tokens), jnp.float32(opts.temperature), jnp.float32(opts.top_p),
+                max_new_bucket=self.new_tokens_bucket(opts.max_new_tokens), opts=_static(opts),
+            )
         rows = len(prompts) * opts.n
         toks, lps, lens, fin = (np.asarray(x)[:rows] for x in out)
         return SampleOutput(toks[:, : opts.max_new_tokens], lps[:, : opts.max_new_tokens], lens, fin)
@@ -163,20 +192,27 @@ class Sampler:
         constrain = lambda c: jax.tree.map(
             lambda x: jax.lax.with_sharding_constraint(x, self._cache_sharding(1)), c)
 
-        # Prefill each prompt once.
+        rows = b * n
+        # Row i*n + j is sample j of prompt i. Prompts that divide by the data-parallel size
+        # are prefilled once and their caches repeated per sample; otherwise (e.g. 1 prompt
+        # x 16 samples on 8 devices) the prompts are repeated first and the rows prefilled.
+        shared = b % self.dp == 0
+        if n > 1 and not shared:
+            tokens, mask = jnp.repeat(tokens, n, axis=0), jnp.repeat(mask, n, axis=0)
+            b = rows
         cache = constrain(qwen2.init_cache(cfg, b, total, cache_dtype))
         kv_mask = jnp.concatenate([mask, jnp.ones((b, max_new_bucket), bool)], axis=1)
         positions = qwen2.positions_from_mask(mask)
-        logits, cache = qwen2.forward(cfg, params, tokens, positions, kv_mask, cache, 0)
-        last = logits[:, -1].astype(jnp.float32)
+        # Only the last position's logits: no [B, P, V] block.
+        hidden, cache = qwen2.forward(cfg, params, tokens, positions, kv_mask, cache, 0, return_hidden=True)
+        head = qwen2.head_weight(cfg, params)
+        last = (hidden[:, -1] @ head.astype(hidden.dtype)).astype(jnp.float32)
         next_pos = positions[:, -1] + 1
 
-        # Repeat per sample: row i*n + j is sample j of prompt i.
-        if n > 1:
+        if n > 1 and shared:
             rep = lambda x: jnp.repeat(x, n, axis=0)
             cache = constrain({k: jnp.repeat(v, n, axis=1) for k, v in cache.items()})
             last, kv_mask, next_pos = rep(last), rep(kv_mask), rep(next_pos)
-        rows = b * n
         stop_ids = jnp.asarray(stops if stops else (-1,), jnp.int32)
         choose = functools.partial(_choose, greedy=greedy, top_k=top_k, use_top_p=use_top_p)
 

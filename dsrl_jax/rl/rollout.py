@@ -107,12 +107,14 @@ def rollout_metrics(groups: list[Group]) -> dict:
 
 
 def assemble(groups: list[Group], num_groups: int, adv_std_mode: str, adv_eps: float,
-             min_prompt_bucket: int = 16, min_response_bucket: int = 16) -> dict:
+             min_prompt_bucket: int = 16, min_response_bucket: int = 16, max_prompt_len: int | None = None,
+             max_response_len: int | None = None) -> dict:
     """Fixed-shape numpy arrays for the update. Pads to `num_groups` groups with fully
-    masked rows (dynamic sampling may find fewer informative groups than asked)."""
+    masked rows (dynamic sampling may find fewer informative groups than asked). Lengths
+    are bucketed (sampling.bucket) and capped at the stage's limits when given."""
     g = len(groups[0].rewards)
-    plen = bucket(max(len(x.prompt_ids) for x in groups), min_prompt_bucket)
-    mlen = bucket(max(int(x.lengths.max()) for x in groups), min_response_bucket)
+    plen = bucket(max(len(x.prompt_ids) for x in groups), min_prompt_bucket, max_prompt_len)
+    mlen = bucket(max(int(x.lengths.max()) for x in groups), min_response_bucket, max_response_len)
     n = num_groups * g
     tokens = np.zeros((n, plen + mlen), np.int32)
     kv_mask = np.zeros((n, plen + mlen), bool)

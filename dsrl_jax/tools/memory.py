@@ -139,6 +139,14 @@ def abstract_state(cfg, c, mesh, rules):
     return state, tx
 
 
+def _micro_batch(c, mesh, rules) -> int:
+    """train.micro_batch_size as the trainer resolves it (-1: one sequence per data-parallel device)."""
+    from dsrl_jax import parallel
+    from dsrl_jax.validate import micro_batch_size
+
+    return micro_batch_size(c, parallel.data_parallel_size(mesh, rules))
+
+
 def stage_loss_config(c, stage):
     from dsrl_jax.rl.trainer import _merged
 
@@ -147,11 +155,11 @@ def stage_loss_config(c, stage):
 
 def stage_lengths(stage, exact: bool = False) -> tuple[int, int]:
     """(prompt, response) lengths of the update's arrays: rollout.assemble pads both to
-    power-of-two buckets (`exact`: the raw limits instead)."""
+    buckets capped at the stage's limits (`exact`: the raw limits instead)."""
     from dsrl_jax.sampling import bucket
 
     p, m = int(stage["max_prompt_len"]), int(stage["max_response_len"])
-    return (p, m) if exact else (bucket(p), bucket(m))
+    return (p, m) if exact else (bucket(p, cap=p), bucket(m, cap=m))
 
 
 def plan_train_step(cfg, c, mesh, rules, state, tx, stage, *, micro_batch=None, seq_len=None, num_micro=None,
@@ -169,7 +177,7 @@ def plan_train_step(cfg, c, mesh, rules, state, tx, stage, *, micro_batch=None, 
         mlen = seq_len - plen
     n = c.rollout.batch_prompts * c.rollout.group_size
     mini = c.train.mini_batch_size or n
-    micro = min(micro_batch or c.train.micro_batch_size, mini)
+    micro = min(micro_batch or _micro_batch(c, mesh, rules), mini)
     nm = num_micro or mini // micro
     multi_update = c.train.epochs_per_batch > 1 or mini < n
     batch_axes = parallel.batch_sharding(mesh, 1, rules).spec[0]
@@ -208,21 +216,22 @@ def plan_sampler(cfg, c, mesh, rules, params, stage, *, prompts_per_call=None):
     r = c.rollout
     sampler = Sampler(cfg, mesh, rules)
     prompts = prompts_per_call or r.prompts_per_sample_call or r.batch_prompts
-    rows = bucket(prompts, sampler.min_batch_bucket)  # as Sampler.pad_prompts pads
+    rows = sampler.batch_bucket(prompts, r.group_size)  # as Sampler.pad_prompts pads
     plen = bucket(int(stage["max_prompt_len"]), sampler.min_prompt_bucket)
     opts = SampleOptions(max_new_tokens=int(stage["max_response_len"]), temperature=max(r.temperature, 1e-3),
                          top_p=r.top_p, top_k=r.top_k, n=r.group_size, stop_token_ids=(1,),
                          cache_dtype=r.cache_dtype)
-    sh = parallel.batch_sharding(mesh, 2, rules)
+    sh = sampler.input_sharding(rows)
     rep = parallel.replicated(mesh)
     key = jax.eval_shape(lambda: jax.random.key(0))
     args = (params, _sds((rows, plen), jnp.int32, sh), _sds((rows, plen), jnp.bool_, sh),
             _sds(key.shape, key.dtype, rep), _sds((), jnp.int32, rep), _sds((), jnp.float32, rep),
             _sds((), jnp.float32, rep))
     t0 = time.perf_counter()
-    compiled = sampler._generate.lower(*args, max_new_bucket=bucket(opts.max_new_tokens), opts=_static(opts)).compile()
+    new = sampler.new_tokens_bucket(opts.max_new_tokens)
+    compiled = sampler._generate.lower(*args, max_new_bucket=new, opts=_static(opts)).compile()
     info = {"prompts_per_call": prompts, "padded_prompts": rows, "sequences": rows * r.group_size,
-            "cache_len": plen + bucket(opts.max_new_tokens), "compile_s": round(time.perf_counter() - t0, 1)}
+            "cache_len": plen + new, "compile_s": round(time.perf_counter() - t0, 1)}
     return _stats(compiled), info
 
 
@@ -294,7 +303,7 @@ def _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, pr
         s["resident_other_bytes"] = opt_b + ref_b  # Adam moments (+ reference) stay in HBM
         out["sampler"] = {**s, **info}
     if "ref_logprobs" in programs and (loss_cfg.kl_coef or c.train.epochs_per_batch > 1 or c.train.mini_batch_size):
-        rows = logprob_rows or min(c.train.micro_batch_size, c.rollout.batch_prompts * c.rollout.group_size)
+        rows = logprob_rows or min(_micro_batch(c, mesh, rules), c.rollout.batch_prompts * c.rollout.group_size)
         s, info = plan_logprobs(cfg, c, mesh, rules, state["params"], stage, rows, exact_lengths)
         s["resident_other_bytes"] = opt_b + param_b  # the policy's state beside the reference
         out["ref_logprobs"] = {**s, **info}
