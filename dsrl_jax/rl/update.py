@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -63,7 +64,18 @@ def init_state(params, tx, rng) -> dict:
             tx, lambda _, p: p.sharding, jax.eval_shape(tx.init, params), params,
             transform_non_params=lambda _: replicated)
     opt_state = jax.jit(tx.init, out_shardings=out_shardings)(params)
-    return {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32), "rng": rng}
+    step = jnp.zeros((), jnp.int32)
+    if out_shardings is not None:
+        # Step and key built under jit, replicated over the mesh: a key made on one local
+        # device is not a global array on a multi-process mesh. The key's data goes in as
+        # host numpy (the same on every process).
+        if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+            impl, data = jax.random.key_impl(rng), np.asarray(jax.random.key_data(rng))
+            make = lambda d: (jnp.zeros((), jnp.int32), jax.random.wrap_key_data(d, impl=impl))
+        else:
+            data, make = np.asarray(rng), lambda d: (jnp.zeros((), jnp.int32), d)
+        step, rng = jax.jit(make, out_shardings=(replicated, replicated))(data)
+    return {"params": params, "opt_state": opt_state, "step": step, "rng": rng}
 
 
 def state_shardings(state: dict, mesh) -> dict:
