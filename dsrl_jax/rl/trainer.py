@@ -38,6 +38,7 @@ from dsrl_jax.rewards import RewardPool
 from dsrl_jax.rl import rollout, update
 from dsrl_jax.rl.curriculum import Curriculum
 from dsrl_jax.sampling import SampleOptions, Sampler
+from dsrl_jax.validate import micro_batch_size
 
 
 def _merged(base: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
@@ -215,24 +216,40 @@ class Trainer:
         return self._steps_cache[key]
 
     def train_step(self) -> dict:
+        # Activations' batch dimension is pinned to the data-parallel axes while the
+        # programs trace (update, log-probs, sampler): under FSDP it would otherwise follow
+        # the parameters' embedding sharding with every device computing every sequence.
+        with parallel.activation_sharding(self.mesh, self.rules):
+            return self._train_step()
+
+    def _logprobs(self, fn, params, batch, rows: int) -> np.ndarray:
+        """[N, M] log-probs, `rows` sequences (one micro-batch) per call."""
+        sharding = parallel.batch_sharding(self.mesh, 2, self.rules)
+        n = batch["tokens"].shape[0]
+        out = [fn(params, *(jax.device_put(batch[k][i:i + rows], sharding) for k in ("tokens", "kv_mask")))
+               for i in range(0, n, rows)]
+        return np.concatenate([np.asarray(x) for x in out])
+
+    def _train_step(self) -> dict:
         stage = self.curriculum.stage
         step = int(self.state["step"])
         key = jax.random.fold_in(self.state["rng"], step)
         loss_cfg, timer, c = self._loss_cfg(stage), Timer(), self.config
         groups, metrics = self._rollout(stage, key, timer)
-        batch = rollout.assemble(groups, c.rollout.batch_prompts, loss_cfg.adv_std_mode, loss_cfg.adv_eps)
+        batch = rollout.assemble(groups, c.rollout.batch_prompts, loss_cfg.adv_std_mode, loss_cfg.adv_eps,
+                                 max_prompt_len=stage.max_prompt_len, max_response_len=stage.max_response_len)
         prompt_len = batch.pop("prompt_len")
         n = batch["tokens"].shape[0]
         mini = c.train.mini_batch_size or n
-        micro = min(c.train.micro_batch_size, mini)
+        micro = min(micro_batch_size(c, parallel.data_parallel_size(self.mesh, self.rules)), mini)
         multi_update = c.train.epochs_per_batch > 1 or mini < n
         with timer.phase("logprobs"):  # old / reference policy, no gradients
             if multi_update or (loss_cfg.kl_coef and self.ref_params is not None):
                 lp_fn = update.make_logprob_fn(self.cfg, prompt_len, c.train.logprob_chunk)
                 if multi_update:
-                    batch["old_logprobs"] = np.asarray(lp_fn(self.state["params"], batch["tokens"], batch["kv_mask"]))
+                    batch["old_logprobs"] = self._logprobs(lp_fn, self.state["params"], batch, micro)
                 if loss_cfg.kl_coef:
-                    batch["ref_logprobs"] = np.asarray(lp_fn(self.ref_params, batch["tokens"], batch["kv_mask"]))
+                    batch["ref_logprobs"] = self._logprobs(lp_fn, self.ref_params, batch, micro)
         rng = np.random.default_rng([c.seed, step]) if c.train.shuffle_minibatches else None
         update_metrics, t0 = [], time.perf_counter()
         with timer.phase("update"):
