@@ -29,11 +29,14 @@ def get_config():
     c.data.sources = [{"path": "scored/problems.jsonl"}]  # output of dsrl_jax.score
     c.rollout.batch_prompts = 128  # paper
     c.rollout.group_size = 16  # paper
-    c.rollout.prompts_per_sample_call = 8  # 128 sequences of 17k tokens per sampler call
+    # 4 prompts x 16 samples = 64 sequences of 17k tokens per sampler call: KV cache ~4 GiB
+    # per chip on a v5e-8 (sampler peak ~9 GiB + 2.5 GiB resident of 16; python -m
+    # dsrl_jax.tools.memory --config=configs/stage1.py --topology=v5e-8). 8 does not fit.
+    c.rollout.prompts_per_sample_call = 4
     c.loss.kl_coef = 0.001  # paper
     c.loss.entropy_coef = 0.001  # paper (stage 1)
     c.optim.lr = 1e-6  # paper
-    c.train.micro_batch_size = 8  # one 17k-token sequence per chip per micro-batch (v5e-8)
+    c.train.micro_batch_size = -1  # one sequence per data-parallel device: 8 on a v5e-8, 4 on a v4-8
     c.train.logprob_chunk = 1024
     c.curriculum.stages = [stage1(on_last_stage=True)]  # alone, the run ends on the plateau
     c.total_steps = 2000

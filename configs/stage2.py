@@ -25,7 +25,10 @@ def stage2():
 def get_config():
     c = stage1.get_config()
     c.model.init = "runs/stage1/hf"  # the stage-1 export (or its hub id / gs path)
-    c.rollout.prompts_per_sample_call = 4  # 64 sequences of 25k tokens per sampler call
+    # 2 prompts x 16 samples = 32 sequences of 25.6k tokens per sampler call: KV cache ~3 GiB
+    # per chip on a v5e-8, sampler peak ~8 GiB + 2.5 GiB resident of 16 (4 prompts: ~15.6,
+    # too close). python -m dsrl_jax.tools.memory --config=configs/stage2.py --topology=v5e-8
+    c.rollout.prompts_per_sample_call = 2
     c.curriculum.stages = [stage2()]
     c.total_steps = 1000
     return c

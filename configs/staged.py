@@ -9,6 +9,6 @@ from configs import stage1, stage2
 def get_config():
     c = stage1.get_config()
     c.curriculum.stages = [stage1.stage1(), stage2.stage2()]  # switch on the stage-1 plateau
-    c.rollout.prompts_per_sample_call = 4  # sized for stage 2's 25k-token caches
+    c.rollout.prompts_per_sample_call = 2  # sized for stage 2's 25.6k-token caches (see configs/stage2.py)
     c.total_steps = 3000
     return c
