@@ -11,9 +11,9 @@ CPU device, cheap XLA compiles):
 Model, tokenizer and problems are the CPU demo's (dsrl_jax.demo): a ~0.3M-parameter Qwen2,
 a character tokenizer and synthetic arithmetic, so the whole build takes about a minute.
 
-DSRL_NOTEBOOK_FIXTURES picks the fixtures: "project" (default, the above), "demo" (the CPU
-demo's smoke run, `python -m dsrl_jax.main --config=configs/demo.py --config.smoke=True`,
-whose workdir must then also hold evals/<label>/summary.json), or the path of a prebuilt
+DSRL_NOTEBOOK_FIXTURES picks the fixtures: "demo" (default: the CPU demo's smoke run,
+`python -m dsrl_jax.main --config=configs/demo.py --config.smoke=True`, whose workdir holds
+metrics.jsonl, scored/ and evals/<label>/summary.json), "project" (the above), or the path of a prebuilt
 root (a demo workdir when it holds metrics.jsonl, else the layout above). RUN_DIRS says
 which directory under the root each notebook reads.
 """
@@ -31,7 +31,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COLAB = REPO / "colab"
-FIXTURES = os.environ.get("DSRL_NOTEBOOK_FIXTURES", "project")  # project | demo | /path/to/root
+FIXTURES = os.environ.get("DSRL_NOTEBOOK_FIXTURES", "demo")  # project | demo | /path/to/root
 # The RUN_DIR of each notebook, relative to the fixture root, per layout.
 RUN_DIRS = {
     "project": {"run_curves.ipynb": "train", "difficulty_levels.ipynb": "scored", "compare_evals.ipynb": "evals"},
