@@ -244,3 +244,26 @@ def test_generate_cli_names_a_bad_line(model_with_tokenizer, tmp_path):
     (tmp_path / "in.jsonl").write_text('{"id": 1, "prompt": "ok"}\n{"id": 2, "prompt": "a", "messages": []}\n')
     res = _run_generate("--model", d, "--prompts", tmp_path / "in.jsonl", "--out", tmp_path / "o.jsonl")
     assert res.returncode != 0 and "in.jsonl:2" in res.stderr and "exactly one of" in res.stderr
+
+
+def test_buckets_past_4096_are_multiples_of_1024():
+    from dsrl_jax.sampling import bucket
+
+    assert [bucket(n) for n in (1, 17, 3000, 4096)] == [16, 32, 4096, 4096]
+    assert bucket(24576) == 24576 and bucket(16385) == 17408 and bucket(4097) == 5120
+    assert bucket(3000, cap=3000) == 3000 and bucket(20000, cap=24576) == 20480
+
+
+def test_few_prompts_on_many_devices_repeat_before_prefill(peaky):
+    """1 or 2 prompts x n samples on a data-parallel size of 4: only the rows divide by it."""
+    _, cfg, params = peaky
+    mesh = parallel.make_mesh({"fsdp": 4, "tensor": 2})
+    sharded = Sampler(cfg, mesh)
+    assert sharded.batch_bucket(1, 4) == 1 and sharded.batch_bucket(1, 2) == 2 and sharded.batch_bucket(3, 1) == 4
+    shardings = parallel.param_shardings(qwen2.logical_axes(cfg), qwen2.abstract_params(cfg), mesh)
+    opts = SampleOptions(max_new_tokens=24, greedy=True, n=4, cache_dtype="float32")
+    prompts = _prompts(cfg.vocab_size, (5,))
+    single = Sampler(cfg).sample(params, prompts, jax.random.key(0), opts)
+    multi = sharded.sample(jax.device_put(params, shardings), prompts, jax.random.key(0), opts)
+    np.testing.assert_array_equal(multi.tokens, single.tokens)
+    np.testing.assert_allclose(multi.logprobs, single.logprobs, atol=1e-4)
