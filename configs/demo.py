@@ -67,14 +67,14 @@ def get_config():
     c.model.remat = "none"
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
 
-    c.rollout.batch_prompts = 16
+    c.rollout.batch_prompts = 32
     c.rollout.group_size = 8
     c.rollout.cache_dtype = "float32"
     c.loss.kl_coef = 0.001
     c.loss.entropy_coef = 0.001
     c.optim.lr = 5e-4  # a 0.13M-parameter model moves at a larger rate than the paper's 1.5B
     c.optim.grad_clip = 1.0
-    c.train.micro_batch_size = 128
+    c.train.micro_batch_size = 256
     c.reward_workers = 2
 
     plateau = {**default_plateau(), "window": 10, "patience": 10, "min_steps": 20}
