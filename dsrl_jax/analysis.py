@@ -20,6 +20,8 @@ import re
 import tempfile
 from typing import Iterable, Mapping, Sequence
 
+from dsrl_jax.metrics import read_jsonl
+
 NAN = float("nan")
 
 # The paper's Table (arXiv 2504.00829), Pass@1 in %: 16 samples (AIME24, MATH-500), 4 (LCB).
@@ -185,18 +187,6 @@ def find_scored_file(path: str) -> str:
     if len(cands) != 1:
         raise FileNotFoundError(f"{path}: expected one scored *.jsonl (not *.scores.jsonl), found {cands}")
     return cands[0]
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """Lines of a JSONL file; blank and unparseable (torn last) lines are skipped."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
 
 
 def load_scored(path: str) -> list[dict]:

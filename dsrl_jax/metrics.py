@@ -82,6 +82,18 @@ def truncate_metrics(path: str | os.PathLike, step: int) -> int:
     return dropped
 
 
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Lines of a JSONL file; blank and unparseable (half-written last) lines are skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """All records of a metrics.jsonl (or of `<workdir>/metrics.jsonl`), in file order.
 
@@ -89,14 +101,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     """
     if os.path.isdir(path):
         path = os.path.join(path, METRICS_FILE)
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
+    return read_jsonl(path)
 
 
 class MetricsWriter:
