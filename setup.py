@@ -18,6 +18,7 @@ setup(
         "grain>=0.2.18",
         "transformers>=5.0,<6",
         "safetensors>=0.5",
+        "ml_dtypes",  # bf16 safetensors without torch
         "huggingface_hub",
         "sympy",
         "math-verify[antlr4_13_2]>=0.9.0",
