@@ -89,8 +89,8 @@ def main():
         ("small", 16, 128, 256, True), ("small", 128, 128, 256, True),
         ("medium", 16, 128, 256, True), ("medium", 128, 128, 256, True),
     ]
-    if args.quick:
-        rows_spec = rows_spec[:1] + rows_spec[2:3]
+    if args.quick:  # the rows the acceptance criteria read
+        rows_spec = rows_spec[:3] + rows_spec[4:5]
     results, cache = [], {}
     for name, batch, plen, new, greedy in rows_spec:
         if name not in cache:
