@@ -85,32 +85,92 @@ def bucket(n: int, minimum: int = 16, cap: int | None = None) -> int:
     return size
 
 
-def filter_logits(logits: jax.Array, top_k: int, top_p: jax.Array, use_top_p: bool):
-    """(candidate logits, their token ids): the top-k, then the top-p nucleus of those.
-    Tokens outside get -inf. Without either truncation all tokens are candidates."""
-    vocab = logits.shape[-1]
-    if top_k and top_k < vocab:
-        vals, ids = jax.lax.top_k(logits, top_k)
-    elif use_top_p:
-        ids = jnp.argsort(-logits, axis=-1)
-        vals = jnp.take_along_axis(logits, ids, axis=-1)
-    else:
-        return logits, None
-    if use_top_p:
-        probs = jax.nn.softmax(vals, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly better tokens
-        vals = jnp.where(before < top_p, vals, -jnp.inf)
-    return vals, ids
+# Per-step token choice. Everything here reads the [B, V] logits a few times and never
+# sorts or draws V random numbers: on CPU a full-vocabulary sort costs ~0.4 s per step and
+# V Gumbel draws ~30 ms, more than the model's forward. Rows are cut into blocks of BLOCK
+# entries, so each search is one pass over the vocabulary plus work on [B, V / BLOCK].
+BLOCK = 128
 
 
-def _choose(logits, rng, temperature, top_p, *, greedy, top_k, use_top_p):
+def _blocks(x: jax.Array, fill) -> jax.Array:
+    """[B, N] -> [B, ceil(N / BLOCK), BLOCK], padded with `fill`."""
+    b, n = x.shape
+    nb = -(-n // BLOCK)
+    return jnp.pad(x, ((0, 0), (0, nb * BLOCK - n)), constant_values=fill).reshape(b, nb, BLOCK)
+
+
+def _row_block(x: jax.Array, j: jax.Array) -> jax.Array:
+    """x [B, nb, BLOCK], j [B] -> block j of each row [B, BLOCK]."""
+    return jnp.take_along_axis(x, j[:, None, None], axis=1)[:, 0]
+
+
+def argmax(logits: jax.Array) -> jax.Array:
+    """First index of the row maximum (jnp.argmax semantics), via block maxima."""
+    x = _blocks(logits, -jnp.inf)
+    j = jnp.argmax(x.max(-1), axis=-1)
+    return (j * BLOCK + jnp.argmax(_row_block(x, j), axis=-1)).astype(jnp.int32)
+
+
+def nucleus_threshold(probs: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Per row, the smallest probability in the top-p nucleus: the tokens kept are those
+    whose strictly more probable tokens hold less than top_p of the mass, i.e. probs >= the
+    returned value. Found by bisection on the float bit patterns (monotone for p >= 0):
+    32 masked sums, exact, no sort."""
+    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
+
+    def step(_, bounds):  # invariant: mass(bits > lo) >= top_p > mass(bits > hi)
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        small = jnp.where(bits > mid[:, None], probs, 0.0).sum(-1) < top_p
+        return jnp.where(small, lo, mid), jnp.where(small, mid, hi)
+
+    lo = jnp.full(probs.shape[:1], -1, jnp.int32)
+    _, hi = jax.lax.fori_loop(0, 32, step, (lo, bits.max(-1)))
+    return jax.lax.bitcast_convert_type(hi, jnp.float32)
+
+
+def sample_weights(weights: jax.Array, u: jax.Array) -> jax.Array:
+    """Inverse-CDF draw from unnormalised weights >= 0 [B, N] with uniforms u [B] in
+    [0, 1): the block holding u * total, then the token inside it. Never returns a
+    zero-weight token (rounding at a block's end falls back to its last positive one)."""
+    x = _blocks(weights, 0.0)
+    mass = x.sum(-1)  # [B, nb]
+    cdf = jnp.cumsum(mass, axis=-1)
+    target = u * cdf[:, -1]
+    j = jnp.minimum((cdf <= target[:, None]).sum(-1), mass.shape[1] - 1)
+    pick = lambda a: jnp.take_along_axis(a, j[:, None], axis=1)[:, 0]
+    rest = target - (pick(cdf) - pick(mass))
+    row = _row_block(x, j)
+    k = (jnp.cumsum(row, axis=-1) <= rest[:, None]).sum(-1)
+    last_positive = BLOCK - 1 - jnp.argmax((row > 0)[:, ::-1], axis=-1)
+    return (j * BLOCK + jnp.minimum(k, last_positive)).astype(jnp.int32)
+
+
+def choose(logits, rng, temperature, top_p, *, greedy: bool, top_k: int, use_top_p: bool):
+    """Next tokens [B] from fp32 logits [B, V]: argmax, or a draw from softmax(logits / T)
+    restricted to the top-k and then to the top-p nucleus."""
     if greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    vals, ids = filter_logits(logits / temperature, top_k, top_p, use_top_p)
-    choice = jax.random.categorical(rng, vals, axis=-1)
+        return argmax(logits)
+    z = logits / temperature
+    ids = None
+    if top_k and top_k < z.shape[-1]:
+        z, ids = jax.lax.top_k(z, top_k)  # sorted: the nucleus is a prefix
+    probs = jax.nn.softmax(z, axis=-1)
+    if use_top_p and ids is not None:
+        probs = jnp.where(jnp.cumsum(probs, axis=-1) - probs < top_p, probs, 0.0)
+    elif use_top_p:
+        probs = jnp.where(probs >= nucleus_threshold(probs, top_p)[:, None], probs, 0.0)
+    choice = sample_weights(probs, jax.random.uniform(rng, probs.shape[:1]))
     if ids is None:
-        return choice.astype(jnp.int32)
+        return choice
     return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def token_logprob(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """log_softmax(logits)[tokens] without materialising the [B, V] log-softmax."""
+    top = logits.max(-1)
+    lse = top + jnp.log(jnp.exp(logits - top[:, None]).sum(-1))
+    return jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - lse
 
 
 class Sampler:
@@ -175,22 +235,21 @@ class Sampler:
         return self._generate._cache_size()
 
     # -- device side -----------------------------------------------------------------------
-    def _cache_sharding(self, length_axis: int):
-        spec = [None] * 5
-        batch = parallel.batch_sharding(self.mesh, 1, self.rules).spec[0]
-        spec[1] = batch
+    def _cache_sharding(self):
+        """Per-layer cache arrays [B, Hkv, ...]: batch over the data axes, heads over tensor."""
+        spec = [None] * 4
+        spec[0] = parallel.batch_sharding(self.mesh, 1, self.rules).spec[0]
         tensor = self.mesh.shape.get("tensor", 1)
         if tensor > 1 and self.cfg.num_kv_heads % tensor == 0:
-            spec[3] = "tensor"
+            spec[1] = "tensor"
         return NamedSharding(self.mesh, P(*spec))
 
     def _generate_impl(self, params, tokens, mask, rng, max_new, temperature, top_p, *, max_new_bucket, opts):
         cfg = self.cfg
         n, greedy, top_k, use_top_p, stops, cache_dtype, pad_id = opts
         b, plen = tokens.shape
-        total = plen + max_new_bucket
         constrain = lambda c: jax.tree.map(
-            lambda x: jax.lax.with_sharding_constraint(x, self._cache_sharding(1)), c)
+            lambda x: jax.lax.with_sharding_constraint(x, self._cache_sharding()), c)
 
         rows = b * n
         # Row i*n + j is sample j of prompt i. Prompts that divide by the data-parallel size
@@ -200,51 +259,86 @@ class Sampler:
         if n > 1 and not shared:
             tokens, mask = jnp.repeat(tokens, n, axis=0), jnp.repeat(mask, n, axis=0)
             b = rows
-        cache = constrain(qwen2.init_cache(cfg, b, total, cache_dtype))
-        kv_mask = jnp.concatenate([mask, jnp.ones((b, max_new_bucket), bool)], axis=1)
+        cache = constrain(qwen2.init_cache(cfg, b, plen, cache_dtype))  # the prompt's chunk
         positions = qwen2.positions_from_mask(mask)
         # Only the last position's logits: no [B, P, V] block.
-        hidden, cache = qwen2.forward(cfg, params, tokens, positions, kv_mask, cache, 0, return_hidden=True)
+        hidden, cache = qwen2.forward(cfg, params, tokens, positions, mask, cache, 0, return_hidden=True)
         head = qwen2.head_weight(cfg, params)
         last = (hidden[:, -1] @ head.astype(hidden.dtype)).astype(jnp.float32)
         next_pos = positions[:, -1] + 1
+        kv_mask = jnp.concatenate([mask, jnp.ones((b, max_new_bucket), bool)], axis=1)
 
         if n > 1 and shared:
             rep = lambda x: jnp.repeat(x, n, axis=0)
-            cache = constrain({k: jnp.repeat(v, n, axis=1) for k, v in cache.items()})
+            cache = constrain(jax.tree.map(rep, cache))
             last, kv_mask, next_pos = rep(last), rep(kv_mask), rep(next_pos)
         stop_ids = jnp.asarray(stops if stops else (-1,), jnp.int32)
-        choose = functools.partial(_choose, greedy=greedy, top_k=top_k, use_top_p=use_top_p)
+        params = qwen2.unstack_layers(params)  # sliced once, not per decode step
+        pick = functools.partial(choose, greedy=greedy, top_k=top_k, use_top_p=use_top_p)
 
-        def cond(state):
-            i, _, _, done, *_ = state
-            return (i < max_new) & ~jnp.all(done)
-
-        def body(state):
-            i, out_tok, out_lp, done, lengths, last, cache, rng = state
+        def step(state, cache, i):
+            """Choose token i of every row from `last`, then run it through the model."""
+            out_tok, out_lp, done, lengths, last, rng = state
             rng, key = jax.random.split(rng)
-            tok = choose(last, key, temperature, top_p)
-            lp = jnp.take_along_axis(jax.nn.log_softmax(last, axis=-1), tok[:, None], axis=-1)[:, 0]
+            tok = pick(last, key, temperature, top_p)
+            lp = token_logprob(last, tok)
             tok = jnp.where(done, pad_id, tok)
             out_tok = out_tok.at[:, i].set(tok)
             out_lp = out_lp.at[:, i].set(jnp.where(done, 0.0, lp))
             lengths = lengths + (~done).astype(jnp.int32)
             done = done | jnp.isin(tok, stop_ids)
+            span = qwen2.cache_length(cache)
             logits, cache = qwen2.forward(
-                cfg, params, tok[:, None], (next_pos + i)[:, None], kv_mask, cache, plen + i)
-            return i + 1, out_tok, out_lp, done, lengths, logits[:, -1].astype(jnp.float32), cache, rng
+                cfg, params, tok[:, None], (next_pos + i)[:, None], kv_mask[:, :span], cache, plen + i)
+            return (out_tok, out_lp, done, lengths, logits[:, -1].astype(jnp.float32), rng), cache
 
+        # The decode loop runs in segments; each adds a chunk to the cache for its tokens, so
+        # attention reads only the slots written so far (about half of the cache on average)
+        # instead of every slot of the bucket. Each segment is one while_loop that leaves as
+        # soon as every row has stopped.
         state = (
-            jnp.int32(0),
             jnp.full((rows, max_new_bucket), pad_id, jnp.int32),
             jnp.zeros((rows, max_new_bucket), jnp.float32),
             jnp.zeros((rows,), bool),
             jnp.zeros((rows,), jnp.int32),
-            last, cache, rng,
+            last, rng,
         )
-        _, out_tok, out_lp, done, lengths, *_ = jax.lax.while_loop(cond, body, state)
+        i = jnp.int32(0)
+        for start, size in segments(max_new_bucket):
+            cache = constrain(qwen2.add_cache_chunk(cache, size))
+            old_k = tuple(c[:-1] for c in cache["k"])
+            old_v = tuple(c[:-1] for c in cache["v"])
+            end = jnp.minimum(max_new, start + size)
+
+            def cond(carry, end=end):
+                i, state, _ = carry
+                return (i < end) & ~jnp.all(state[2])
+
+            def body(carry, old_k=old_k, old_v=old_v):
+                i, state, (new_k, new_v) = carry
+                full = {"k": tuple(o + (c,) for o, c in zip(old_k, new_k)),
+                        "v": tuple(o + (c,) for o, c in zip(old_v, new_v))}
+                state, full = step(state, full, i)
+                return i + 1, state, (tuple(c[-1] for c in full["k"]), tuple(c[-1] for c in full["v"]))
+
+            chunk = (tuple(c[-1] for c in cache["k"]), tuple(c[-1] for c in cache["v"]))
+            i, state, chunk = jax.lax.while_loop(cond, body, (i, state, chunk))
+            cache = {"k": tuple(o + (c,) for o, c in zip(old_k, chunk[0])),
+                     "v": tuple(o + (c,) for o, c in zip(old_v, chunk[1]))}
+        out_tok, out_lp, done, lengths, *_ = state
         finish = jnp.where(done, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32)
         return out_tok, out_lp, lengths, finish
+
+
+MAX_SEGMENTS = 8
+MIN_SEGMENT = 64
+
+
+def segments(max_new_bucket: int) -> list[tuple[int, int]]:
+    """(first step, steps) of the decode segments for a bucket: at most MAX_SEGMENTS, each
+    of at least MIN_SEGMENT steps (fewer segments compile faster; more read less cache)."""
+    size = max(MIN_SEGMENT, -(-max_new_bucket // MAX_SEGMENTS))
+    return [(s, min(size, max_new_bucket - s)) for s in range(0, max_new_bucket, size)]
 
 
 def _static(opts: SampleOptions) -> tuple:

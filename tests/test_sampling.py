@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from dsrl_jax import parallel
+from dsrl_jax import parallel, sampling
 from dsrl_jax.models import hf, qwen2
-from dsrl_jax.sampling import FINISH_LENGTH, FINISH_STOP, SampleOptions, Sampler, filter_logits
+from dsrl_jax.sampling import FINISH_LENGTH, FINISH_STOP, SampleOptions, Sampler
 from tests.hf_utils import make_hf_model
 
 PROMPT_LENGTHS = (5, 12, 9, 1)
@@ -126,13 +126,53 @@ def test_sampling_distribution_chi_square(temperature, top_k, top_p):
     assert (other.tokens != out.tokens).any()
 
 
-def test_filter_logits_keeps_the_nucleus():
+def test_nucleus_threshold_keeps_the_sorted_nucleus():
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
-    vals, ids = filter_logits(logits, 0, jnp.float32(0.8), True)
-    kept = set(np.asarray(ids[0])[np.isfinite(np.asarray(vals[0]))].tolist())
-    assert kept == {0, 1}  # 0.5 + 0.3 reaches 0.8
-    vals, ids = filter_logits(logits, 3, jnp.float32(1.0), False)
-    assert sorted(np.asarray(ids[0]).tolist()) == [0, 1, 2]
+    probs = jax.nn.softmax(logits, axis=-1)
+    kept = np.asarray(probs >= sampling.nucleus_threshold(probs, jnp.float32(0.8))[:, None])
+    assert kept[0].tolist() == [True, True, False, False]  # 0.5 + 0.3 reaches 0.8
+    # Against the sort-based definition on rows spanning several blocks.
+    rs = np.random.RandomState(0)
+    z = rs.randn(6, 3 * sampling.BLOCK + 17).astype(np.float32) * np.array([0.1, 0.5, 1, 2, 4, 8], np.float32)[:, None]
+    probs = jax.nn.softmax(jnp.asarray(z), axis=-1)
+    for top_p in (0.3, 0.9, 0.999):
+        thr = np.asarray(sampling.nucleus_threshold(probs, jnp.float32(top_p)))
+        for row, t in zip(np.asarray(probs), thr):
+            order = np.argsort(-row)
+            before = np.cumsum(row[order]) - row[order]
+            expected = np.zeros(row.shape, bool)
+            expected[order[before < top_p]] = True
+            np.testing.assert_array_equal(row >= t, expected)
+
+
+def test_blocked_argmax_is_first_maximum():
+    rs = np.random.RandomState(1)
+    x = rs.randn(5, 2 * sampling.BLOCK + 3).astype(np.float32)
+    x[1, [7, 200]] = 9.0  # a tie across blocks: the first wins
+    x[2, [130, 131]] = 9.0  # a tie inside a block
+    x[3, -1] = 9.0  # the last (padded) block
+    x[4] = -np.inf
+    np.testing.assert_array_equal(np.asarray(sampling.argmax(jnp.asarray(x))), np.argmax(x, axis=-1))
+
+
+def test_sample_weights_follows_the_weights():
+    rs = np.random.RandomState(2)
+    w = rs.rand(3 * sampling.BLOCK + 5) ** 4
+    w[rs.rand(w.size) < 0.3] = 0.0  # zero-weight tokens must never come out
+    n = 40000
+    draws = np.asarray(sampling.sample_weights(jnp.asarray(np.tile(w, (n, 1)), jnp.float32),
+                                               jax.random.uniform(jax.random.key(3), (n,))))
+    counts = np.bincount(draws, minlength=w.size)
+    assert counts[w == 0].sum() == 0
+    exp = w / w.sum() * n
+    big = exp >= 5
+    obs, exp = np.append(counts[big], counts[~big & (w > 0)].sum()), np.append(exp[big], exp[~big & (w > 0)].sum())
+    chi2 = ((obs - exp) ** 2 / exp).sum()
+    assert chi2 < _chi2_threshold(len(obs) - 1), (chi2, len(obs))
+    # u at the top of [0, 1): rounding never selects the zero-weight tail.
+    tail = np.zeros((1, 2 * sampling.BLOCK), np.float32)
+    tail[0, :10] = 1.0
+    assert int(sampling.sample_weights(jnp.asarray(tail), jnp.asarray([np.nextafter(1.0, 0, dtype=np.float32)]))[0]) == 9
 
 
 def test_logprobs_equal_full_forward(peaky):

@@ -1,4 +1,5 @@
-"""Grouped-query causal attention: a plain path and a blockwise (flash-style) path.
+"""Grouped-query causal attention: a plain path, a blockwise (flash-style) path, and a
+single-query path for decoding from a KV cache (`decode`, its own cache layout).
 
 Both take q [B, T, H, D], k/v [B, S, Hkv, D], a key-validity mask [B, S] and the slot of
 the first query (`cache_index`), and return [B, T, H, D]. Query t (slot cache_index + t)
@@ -34,6 +35,28 @@ def plain(q, k, v, kv_mask, cache_index=0):
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhgts,bshd->bthgd", probs, v)
     return out.reshape(b, t, h, d)
+
+
+def decode(q, k_chunks, v_chunks, kv_mask, cache_index):
+    """One query per row against a cache in decode layout, held as chunks along the slots:
+    q [B, 1, H, D], keys slot-minor [B, Hkv, D, S_c], values [B, Hkv, S_c, D]. Each
+    contraction is then a batched matrix-vector product over contiguous memory (on CPU ~3x
+    faster than reading a [B, S, Hkv, D] cache), and chunks are read whole, never sliced.
+    kv_mask [B, sum S_c]; the query sits at slot cache_index."""
+    b, _, h, d = q.shape
+    hkv = k_chunks[0].shape[1]
+    qg = q.reshape(b, hkv, h // hkv, d)
+    scores = jnp.concatenate(
+        [jnp.einsum("bhgd,bhds->bhgs", qg, k, preferred_element_type=jnp.float32) for k in k_chunks], axis=-1)
+    scores = scores * (d**-0.5)
+    visible = kv_mask.astype(bool) & (jnp.arange(scores.shape[-1]) <= cache_index)[None]
+    scores = jnp.where(visible[:, None, None], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_chunks[0].dtype)
+    out, start = 0.0, 0
+    for v in v_chunks:
+        out = out + jnp.einsum("bhgs,bhsd->bhgd", probs[..., start:start + v.shape[2]], v)
+        start += v.shape[2]
+    return out.reshape(b, 1, h, d)
 
 
 def blockwise(q, k, v, kv_mask, cache_index=0, block_size=512, skip=True):

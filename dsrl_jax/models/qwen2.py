@@ -35,7 +35,7 @@ from dsrl_jax.models.config import Qwen2Config
 flax.config.update("flax_always_shard_variable", False)
 
 Params = dict[str, Any]
-Cache = dict[str, jax.Array]  # {"k": [L, B, S, Hkv, D], "v": [L, B, S, Hkv, D]}
+Cache = dict[str, tuple]  # {"k": per layer, chunks [B, Hkv, D, S_c]; "v": ... [B, Hkv, S_c, D]}
 
 
 def _param(rngs: nnx.Rngs, shape, axes, dtype, scale: float | None = None) -> nnx.Param:
@@ -96,19 +96,28 @@ class Attention(nnx.Module):
         k = jnp.einsum("bte,ehd->bthd", x, self.k_proj[...].astype(dt)) + self.k_bias[...].astype(dt)
         v = jnp.einsum("bte,ehd->bthd", x, self.v_proj[...].astype(dt)) + self.v_bias[...].astype(dt)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        new_kv = None
-        if cache_kv is not None:  # this step's keys/values at their slots, attend over all
-            ck, cv = cache_kv
-            new_kv = (k.astype(ck.dtype), v.astype(cv.dtype))
-            k = jax.lax.dynamic_update_slice_in_dim(ck, new_kv[0], cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cv, new_kv[1], cache_index, axis=1)
-        out = attention.attend(
-            q, k.astype(dt), v.astype(dt), kv_mask, cache_index,
-            impl=cfg.attention_impl, block_size=cfg.attention_block_size,
-        )
-        # Only the new slots are returned: the caller writes them into the stacked cache in
-        # place, instead of materialising a fresh copy of the whole cache per layer.
-        return jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(dt)), new_kv
+        if cache_kv is None:
+            out = attention.attend(q, k, v, kv_mask, 0, impl=cfg.attention_impl, block_size=cfg.attention_block_size)
+            return jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(dt)), None
+        # Write this step's keys/values at their slots (keys slot-minor, see init_cache),
+        # which lie in the last chunk of the cache.
+        ck, cv = cache_kv
+        offset = sum(c.shape[-1] for c in ck[:-1])
+        at = cache_index - offset
+        ck = ck[:-1] + (jax.lax.dynamic_update_slice(ck[-1], k.transpose(0, 2, 3, 1).astype(ck[-1].dtype), (0, 0, 0, at)),)
+        cv = cv[:-1] + (jax.lax.dynamic_update_slice(cv[-1], v.transpose(0, 2, 1, 3).astype(cv[-1].dtype), (0, 0, at, 0)),)
+        if q.shape[1] == 1:  # decoding: read the cache in its own layout
+            out = attention.decode(q, [c.astype(dt) for c in ck], [c.astype(dt) for c in cv], kv_mask, cache_index)
+        elif isinstance(cache_index, int) and cache_index == 0:  # prefill: later slots are invisible
+            t = q.shape[1]
+            out = attention.attend(q, k, v, kv_mask[:, :t], 0, impl=cfg.attention_impl,
+                                   block_size=cfg.attention_block_size)
+        else:  # a chunk written after earlier slots
+            keys = jnp.concatenate([c.transpose(0, 3, 1, 2) for c in ck], axis=1).astype(dt)
+            values = jnp.concatenate([c.transpose(0, 2, 1, 3) for c in cv], axis=1).astype(dt)
+            out = attention.attend(q, keys, values, kv_mask, cache_index, impl=cfg.attention_impl,
+                                   block_size=cfg.attention_block_size)
+        return jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(dt)), (ck, cv)
 
 
 class MLP(nnx.Module):
@@ -158,8 +167,10 @@ class Qwen2ForCausalLM(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.param_dtype, 0.02)
 
-    def hidden_states(self, tokens, positions, kv_mask, cache=None, cache_index=0):
-        """Final normalised hidden states [B, T, E] and the updated cache."""
+    def hidden_states(self, tokens, positions, kv_mask, cache=None, cache_index=0, layers=None):
+        """Final normalised hidden states [B, T, E] and the updated cache. `layers`: the
+        layer parameters as one pure dict per layer (see `unstack_layers`); the layers are
+        then unrolled and self.layers only supplies the structure."""
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
         x = parallel.constrain_batch(jnp.take(self.embed[...], tokens, axis=0).astype(dt))
@@ -173,42 +184,38 @@ class Qwen2ForCausalLM(nnx.Module):
         if cfg.remat != "none":
             layer_fn = jax.checkpoint(layer_fn, policy=_REMAT_POLICY[cfg.remat])
 
+        def layer(i):
+            if layers is None:
+                return jax.tree.map(lambda a: a[i], layer_state)
+            state = jax.tree.map(lambda a: a, layer_state)
+            state.replace_by_pure_dict(layers[i])
+            return state
+
         if cache is None:
             def body(x, state):
                 return layer_fn(x, state, None)[0], None
 
-            if cfg.scan_layers:
+            if cfg.scan_layers and layers is None:
                 x, _ = jax.lax.scan(body, x, layer_state)
             else:
                 for i in range(cfg.num_layers):
-                    x, _ = body(x, jax.tree.map(lambda a: a[i], layer_state))
+                    x, _ = body(x, layer(i))
             return self.final_norm(x), None
 
-        # The stacked cache [L, B, S, Hkv, D] is carried through the layers; each layer reads
-        # its slice and writes back only its new keys/values (an in-place update).
-        def body_cached(carry, xs):
-            x, ks, vs = carry
-            state, i = xs
-            x, (k_new, v_new) = layer_fn(x, state, (ks[i], vs[i]))
-            write = lambda c, new: jax.lax.dynamic_update_slice(c, new[None], (i, 0, cache_index, 0, 0))
-            return (x, write(ks, k_new), write(vs, v_new)), None
-
-        carry = (x, cache["k"], cache["v"])
-        if cfg.scan_layers:
-            carry, _ = jax.lax.scan(body_cached, carry, (layer_state, jnp.arange(cfg.num_layers)))
-        else:
-            for i in range(cfg.num_layers):
-                carry, _ = body_cached(carry, (jax.tree.map(lambda a: a[i], layer_state), i))
-        x, ks, vs = carry
-        new_cache = {"k": ks, "v": vs}
-        return self.final_norm(x), new_cache
+        # With a cache the layers are unrolled: each layer's cache is its own arrays, so the
+        # decode loop updates them in place (a stacked cache carried through a layer scan
+        # costs a copy of a layer's slice per step).
+        ks, vs = list(cache["k"]), list(cache["v"])
+        for i in range(cfg.num_layers):
+            x, (ks[i], vs[i]) = layer_fn(x, layer(i), (ks[i], vs[i]))
+        return self.final_norm(x), {"k": tuple(ks), "v": tuple(vs)}
 
     def head_weight(self) -> jax.Array:
         """[E, V] output projection (the transposed embedding when tied)."""
         return self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
 
-    def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=0):
-        h, cache = self.hidden_states(tokens, positions, kv_mask, cache, cache_index)
+    def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=0, layers=None):
+        h, cache = self.hidden_states(tokens, positions, kv_mask, cache, cache_index, layers)
         return h @ self.head_weight().astype(h.dtype), cache
 
 
@@ -255,12 +262,27 @@ def forward(cfg: Qwen2Config, params: Params, tokens, positions, kv_mask, cache=
 
     tokens, positions: int [B, T]. kv_mask: bool [B, S], which key slots hold real tokens
     (S = T without a cache, the cache length with one). With a cache, the T new tokens are
-    written at slots [cache_index, cache_index + T).
+    written at slots [cache_index, cache_index + T), which must lie in the cache's last
+    chunk (see add_cache_chunk). `params` may hold its layers stacked
+    (as stored) or as a tuple of per-layer dicts (`unstack_layers`).
     """
+    layers = params["layers"]
+    if isinstance(layers, (tuple, list)):
+        params = {**params, "layers": abstract_params(cfg)["layers"]}  # structure only
+    else:
+        layers = None
     model = bind(cfg, params)
     if return_hidden:
-        return model.hidden_states(tokens, positions, kv_mask, cache, cache_index)
-    return model(tokens, positions, kv_mask, cache, cache_index)
+        return model.hidden_states(tokens, positions, kv_mask, cache, cache_index, layers)
+    return model(tokens, positions, kv_mask, cache, cache_index, layers)
+
+
+def unstack_layers(params: Params) -> Params:
+    """`params` with the stacked layers split into a tuple of per-layer dicts. A decode loop
+    takes these slices once, outside the loop: slicing the stack inside it copies every
+    layer's weights on every step."""
+    n = jax.tree.leaves(params["layers"])[0].shape[0]
+    return {**params, "layers": tuple(jax.tree.map(lambda a: a[i], params["layers"]) for i in range(n))}
 
 
 def head_weight(cfg: Qwen2Config, params: Params) -> jax.Array:
@@ -269,8 +291,27 @@ def head_weight(cfg: Qwen2Config, params: Params) -> jax.Array:
 
 
 def init_cache(cfg: Qwen2Config, batch: int, length: int, dtype="bfloat16") -> Cache:
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.dim_per_head)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    """Zeroed KV cache with `length` slots. Per layer, a tuple of chunks (one here; see
+    `add_cache_chunk`): keys stored slot-minor [B, Hkv, D, S] and values [B, Hkv, S, D],
+    the layouts in which a decode step reads them with contiguous dots (attention.decode)."""
+    kv, d = cfg.num_kv_heads, cfg.dim_per_head
+    return {
+        "k": tuple((jnp.zeros((batch, kv, d, length), dtype),) for _ in range(cfg.num_layers)),
+        "v": tuple((jnp.zeros((batch, kv, length, d), dtype),) for _ in range(cfg.num_layers)),
+    }
+
+
+def add_cache_chunk(cache: Cache, length: int) -> Cache:
+    """`cache` with `length` more (zeroed) slots, as a new chunk per layer. forward() writes
+    new tokens into the last chunk and attends over all chunks, so a decode loop that grows
+    the cache chunk by chunk reads only the slots filled so far, without copying them."""
+    grow = lambda chunks, axis: chunks + (jnp.zeros(
+        chunks[0].shape[:axis] + (length,) + chunks[0].shape[axis + 1:], chunks[0].dtype),)
+    return {"k": tuple(grow(c, 3) for c in cache["k"]), "v": tuple(grow(c, 2) for c in cache["v"])}
+
+
+def cache_length(cache: Cache) -> int:
+    return sum(c.shape[-1] for c in cache["k"][0])
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:

@@ -77,6 +77,32 @@ def test_kv_cache_decoding_equals_full_forward(tiny):
     assert np.abs(inc[mask] - full[mask]).max() <= 1e-5
 
 
+def test_chunked_cache_equals_full_forward(tiny):
+    """A cache grown chunk by chunk (as the sampler's decode loop does): a prompt chunk,
+    a 4-token chunk written in one call after it, then single tokens into 3-slot chunks."""
+    _, cfg, params, _ = tiny
+    total, prompt = 16, 5
+    tokens, mask = _batch(cfg.vocab_size, [16, 11], total, seed=4)
+    full = _ours(cfg, params, tokens, mask)
+    pos = np.asarray(qwen2.positions_from_mask(jnp.asarray(mask)))
+    step = jax.jit(qwen2.forward, static_argnums=0)
+    cache = qwen2.init_cache(cfg, 2, prompt, dtype="float32")
+    logits, cache = step(cfg, params, tokens[:, :prompt], pos[:, :prompt], mask[:, :prompt], cache, 0)
+    outs = [np.asarray(logits)]
+    cache = qwen2.add_cache_chunk(cache, 4)
+    logits, cache = step(cfg, params, tokens[:, 5:9], pos[:, 5:9], mask[:, :9], cache, 5)
+    outs.append(np.asarray(logits))
+    for t in range(9, total):
+        if t == qwen2.cache_length(cache):
+            cache = qwen2.add_cache_chunk(cache, 3)
+        kv_mask = np.pad(mask, ((0, 0), (0, 2)))[:, :qwen2.cache_length(cache)]  # the last chunk overhangs
+        logits, cache = step(cfg, params, tokens[:, t:t + 1], pos[:, t:t + 1], kv_mask, cache, t)
+        outs.append(np.asarray(logits))
+    assert [c.shape[-1] for c in cache["k"][0]] == [5, 4, 3, 3, 3]
+    inc = np.concatenate(outs, axis=1)
+    assert np.abs(inc[mask] - full[mask]).max() <= 1e-5
+
+
 def test_bf16_path_within_tolerance(tiny):
     """bf16 activations with fp32 master weights: logits within 0.05 of fp32 (absolute,
     on logits of std ~0.5) and the same argmax on >= 95% of positions."""
