@@ -4,7 +4,8 @@
 
 Prompts of different lengths are left-padded into a bucketed [batch, prompt_len] block, so
 a long run compiles a handful of programs (one per bucket), not one per batch. The decode
-loop stops as soon as every sequence has emitted a stop token. Each prompt is prefilled
+loop runs in a few segments, each growing the KV cache by a chunk (attention reads only the
+slots written so far), and stops as soon as every sequence has emitted a stop token. Each prompt is prefilled
 once and its cache is repeated for its n samples (when the prompts divide by the
 data-parallel size; else the prompts are repeated and each row prefilled, so a call only
 needs prompts x n rows to divide by it). Lengths past 4096 bucket to multiples of 1024.
@@ -274,11 +275,18 @@ class Sampler:
             last, kv_mask, next_pos = rep(last), rep(kv_mask), rep(next_pos)
         stop_ids = jnp.asarray(stops if stops else (-1,), jnp.int32)
         params = qwen2.unstack_layers(params)  # sliced once, not per decode step
+        # The LM head is gathered once for all segments: left sharded, XLA gathers it
+        # outside each segment's loop and holds one full copy per segment.
+        head_name = "embed" if cfg.tie_word_embeddings else "lm_head"
+        params[head_name] = jax.lax.with_sharding_constraint(params[head_name], parallel.replicated(self.mesh))
         pick = functools.partial(choose, greedy=greedy, top_k=top_k, use_top_p=use_top_p)
 
         def step(state, cache, i):
             """Choose token i of every row from `last`, then run it through the model."""
             out_tok, out_lp, done, lengths, last, rng = state
+            # Tied to the step counter, the weights look loop-variant to XLA, so it cannot
+            # hoist their all-gathers (under FSDP: the whole model) out of the decode loops.
+            weights, i = jax.lax.optimization_barrier((params, i))
             rng, key = jax.random.split(rng)
             tok = pick(last, key, temperature, top_p)
             lp = token_logprob(last, tok)
@@ -289,7 +297,7 @@ class Sampler:
             done = done | jnp.isin(tok, stop_ids)
             span = qwen2.cache_length(cache)
             logits, cache = qwen2.forward(
-                cfg, params, tok[:, None], (next_pos + i)[:, None], kv_mask[:, :span], cache, plen + i)
+                cfg, weights, tok[:, None], (next_pos + i)[:, None], kv_mask[:, :span], cache, plen + i)
             return (out_tok, out_lp, done, lengths, logits[:, -1].astype(jnp.float32), rng), cache
 
         # The decode loop runs in segments; each adds a chunk to the cache for its tokens, so
@@ -305,29 +313,33 @@ class Sampler:
         )
         i = jnp.int32(0)
         for start, size in segments(max_new_bucket):
-            cache = constrain(qwen2.add_cache_chunk(cache, size))
-            old_k = tuple(c[:-1] for c in cache["k"])
-            old_v = tuple(c[:-1] for c in cache["v"])
+            written, chunk = _split_last(constrain(qwen2.add_cache_chunk(cache, size)))
             end = jnp.minimum(max_new, start + size)
 
             def cond(carry, end=end):
                 i, state, _ = carry
-                return (i < end) & ~jnp.all(state[2])
+                return (i < end) & ~jnp.all(state[2])  # state[2]: done
 
-            def body(carry, old_k=old_k, old_v=old_v):
-                i, state, (new_k, new_v) = carry
-                full = {"k": tuple(o + (c,) for o, c in zip(old_k, new_k)),
-                        "v": tuple(o + (c,) for o, c in zip(old_v, new_v))}
-                state, full = step(state, full, i)
-                return i + 1, state, (tuple(c[-1] for c in full["k"]), tuple(c[-1] for c in full["v"]))
+            def body(carry, written=written):  # only the new chunk is carried (and written)
+                i, state, chunk = carry
+                state, cache = step(state, _join(written, chunk), i)
+                return i + 1, state, _split_last(cache)[1]
 
-            chunk = (tuple(c[-1] for c in cache["k"]), tuple(c[-1] for c in cache["v"]))
             i, state, chunk = jax.lax.while_loop(cond, body, (i, state, chunk))
-            cache = {"k": tuple(o + (c,) for o, c in zip(old_k, chunk[0])),
-                     "v": tuple(o + (c,) for o, c in zip(old_v, chunk[1]))}
+            cache = _join(written, chunk)
         out_tok, out_lp, done, lengths, *_ = state
         finish = jnp.where(done, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32)
         return out_tok, out_lp, lengths, finish
+
+
+def _split_last(cache):
+    """(the cache without its last chunk, the last chunk), per layer."""
+    return ({k: tuple(c[:-1] for c in v) for k, v in cache.items()},
+            {k: tuple(c[-1] for c in v) for k, v in cache.items()})
+
+
+def _join(cache, chunk):
+    return {k: tuple(c + (x,) for c, x in zip(cache[k], chunk[k])) for k in cache}
 
 
 MAX_SEGMENTS = 8

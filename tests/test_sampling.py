@@ -294,6 +294,16 @@ def test_buckets_past_4096_are_multiples_of_1024():
     assert bucket(3000, cap=3000) == 3000 and bucket(20000, cap=24576) == 20480
 
 
+def test_decode_segments_tile_the_bucket():
+    for new in (16, 64, 128, 256, 1024, 5120, 24576):
+        segs = sampling.segments(new)
+        assert segs[0][0] == 0 and sum(size for _, size in segs) == new
+        assert all(a + n == b for (a, n), (b, _) in zip(segs, segs[1:]))
+        assert len(segs) <= sampling.MAX_SEGMENTS
+        assert all(n >= min(new, sampling.MIN_SEGMENT) for _, n in segs)
+    assert sampling.segments(256) == [(0, 64), (64, 64), (128, 64), (192, 64)]
+
+
 def test_few_prompts_on_many_devices_repeat_before_prefill(peaky):
     """1 or 2 prompts x n samples on a data-parallel size of 4: only the rows divide by it."""
     _, cfg, params = peaky

@@ -202,7 +202,21 @@ class Qwen2ForCausalLM(nnx.Module):
                     x, _ = body(x, layer(i))
             return self.final_norm(x), None
 
-        # With a cache the layers are unrolled: each layer's cache is its own arrays, so the
+        prefill = (isinstance(cache_index, int) and cache_index == 0 and layers is None and cfg.scan_layers
+                   and all(len(c) == 1 for c in cache["k"]))
+        if prefill:  # fresh single-chunk caches: scan the layers (one layer's temporaries live
+            # at a time), each filling its cache chunk, stacked by the scan and split after.
+            def body_prefill(x, xs):
+                state, ck, cv = xs
+                x, ((ck,), (cv,)) = layer_fn(x, state, ((ck,), (cv,)))
+                return x, (ck, cv)
+
+            stack = lambda chunks: jnp.stack([c[0] for c in chunks])
+            x, (ks, vs) = jax.lax.scan(body_prefill, x, (layer_state, stack(cache["k"]), stack(cache["v"])))
+            split = lambda a: tuple((a[i],) for i in range(cfg.num_layers))
+            return self.final_norm(x), {"k": split(ks), "v": split(vs)}
+
+        # Otherwise the layers are unrolled: each layer's cache is its own arrays, so the
         # decode loop updates them in place (a stacked cache carried through a layer scan
         # costs a copy of a layer's slice per step).
         ks, vs = list(cache["k"]), list(cache["v"])
