@@ -5,8 +5,8 @@
 Prompts of different lengths are left-padded into a bucketed [batch, prompt_len] block, so
 a long run compiles a handful of programs (one per bucket), not one per batch. The decode
 loop runs in a few segments, each growing the KV cache by a chunk (attention reads only the
-slots written so far), and stops as soon as every sequence has emitted a stop token. Each prompt is prefilled
-once and its cache is repeated for its n samples (when the prompts divide by the
+slots written so far), and stops as soon as every sequence has emitted a stop token. Each
+prompt is prefilled once and its cache is repeated for its n samples (when the prompts divide by the
 data-parallel size; else the prompts are repeated and each row prefilled, so a call only
 needs prompts x n rows to divide by it). Lengths past 4096 bucket to multiples of 1024.
 
@@ -155,11 +155,9 @@ def choose(logits, rng, temperature, top_p, *, greedy: bool, top_k: int, use_top
     z = logits / temperature
     ids = None
     if top_k and top_k < z.shape[-1]:
-        z, ids = jax.lax.top_k(z, top_k)  # sorted: the nucleus is a prefix
+        z, ids = jax.lax.top_k(z, top_k)
     probs = jax.nn.softmax(z, axis=-1)
-    if use_top_p and ids is not None:
-        probs = jnp.where(jnp.cumsum(probs, axis=-1) - probs < top_p, probs, 0.0)
-    elif use_top_p:
+    if use_top_p:
         probs = jnp.where(probs >= nucleus_threshold(probs, top_p)[:, None], probs, 0.0)
     choice = sample_weights(probs, jax.random.uniform(rng, probs.shape[:1]))
     if ids is None:
