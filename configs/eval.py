@@ -7,6 +7,9 @@ Paper: pass@1 over 16 samples (AIME24, MATH-500) and 4 (LiveCodeBench), temperat
 top_p 0.95, up to 32k new tokens. `n=0` picks 16 / 4 by each benchmark's domain.
 Offline: --config.benchmarks=aime24=../shared/data/math/aime24.jsonl,lcb=../shared/data/code/lcb_2408_2501_public.json
 """
+import ml_collections
+
+from dsrl_jax import parallel
 from dsrl_jax.evaluate import default_eval_config
 
 
@@ -19,7 +22,14 @@ def get_config():
     config.temperature = 0.6
     config.top_p = 0.95
     config.max_new_tokens = 32768
-    config.batch_size = 8  # prompts per sampler call; each prompt gets n samples
+    config.tokenizer = ""  # "" = the model's own
+    # Sampling runs sharded over all local devices: weights FSDP x tensor-parallel, rows over
+    # the data-parallel devices (data x fsdp). Same axes as training; one may be -1.
+    config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    config.sharding_rules = ml_collections.ConfigDict(
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in parallel.DEFAULT_RULES.items()})
+    config.batch_size = 0  # prompts per sampler call; 0 = rows_per_device x devices / n
+    config.rows_per_device = 8  # 1.5B at 32k tokens; see the README's memory plans
     config.limit = 0  # first N problems per benchmark (smoke runs); 0 = all
     config.reward_workers = 4
     config.seed = 0

@@ -15,6 +15,7 @@ with `pass_rates_file` (JSONL lines {"id", "proxy": "deepseek-r1", "pass_rate"} 
 """
 import ml_collections
 
+from dsrl_jax import parallel
 from dsrl_jax.data.levels import paper_level_rules
 from dsrl_jax.rewards import DEFAULT_CONFIG
 
@@ -23,7 +24,8 @@ def proxy(name, model, **overrides):
     p = dict(name=name, model=model, tokenizer=None,  # tokenizer: None = the model's own
              k=8,  # samples per problem
              max_new_tokens=16384, temperature=0.6, top_p=0.95, top_k=0,
-             batch_size=16,  # prompts per sampler call (each gets k samples)
+             batch_size=0,  # prompts per sampler call (each gets k samples); 0 = sized from the mesh:
+             rows_per_device=8,  # rows per data-parallel device per call (see the memory plans)
              max_prompt_len=2048,  # longer prompts are skipped (counted), not scored
              dtype="bfloat16")
     p.update(overrides)
@@ -43,6 +45,11 @@ def get_config():
         proxy("r1-distill-7b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
         proxy("r1-distill-32b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"),
     ]
+    # Each proxy samples sharded over all local devices (FSDP x tensor parallel); same axes as
+    # training, one may be -1.
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.sharding_rules = ml_collections.ConfigDict(
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in parallel.DEFAULT_RULES.items()})
     c.only_proxies = ""  # comma-separated proxy names to run now ("" = all)
     c.pass_rates_file = ""  # externally computed rates (DeepSeek-R1), merged before levels
     c.output = "scored/problems.jsonl"  # the merged dataset: records + pass_rates + levels

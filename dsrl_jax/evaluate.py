@@ -22,12 +22,10 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from dsrl_jax import eval_metrics
-from dsrl_jax.data.prompts import format_prompt
+from dsrl_jax import eval_metrics, parallel
 from dsrl_jax.data.sources import load_source
-from dsrl_jax.models import hf, qwen2
-from dsrl_jax.models.config import Qwen2Config
-from dsrl_jax.sampling import FINISH_REASONS, SampleOptions, Sampler
+from dsrl_jax.policy import Policy, load_policy, rollout
+from dsrl_jax.sampling import Sampler
 
 DEFAULT_N = {"math": 16, "code": 4}  # the paper: 16 samples (AIME24, MATH-500), 4 (LCB)
 
@@ -64,7 +62,8 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.max_new_tokens = 32768
     c.limit = 0  # first N problems of each benchmark; 0 = all
     c.prompt_mode = "auto"  # data/prompts.py: chat template if the tokenizer has one, else plain
-    c.batch_size = 8  # prompts per sampler call (each with n samples)
+    c.batch_size = 0  # prompts per sampler call (each with n samples); 0 = sized from the mesh:
+    c.rows_per_device = 8  # ... rows_per_device x data-parallel devices / n (the memory plan's figure)
     c.seed = 0
     c.reward_workers = 2
     c.lcb_version = "release_v5"  # LiveCodeBench release and contest-date window
@@ -131,69 +130,12 @@ def samples_for(name: str, records: list[dict], opts) -> int:
     return int(opts.n) or DEFAULT_N[records[0]["domain"]]
 
 
-# ---- models -----------------------------------------------------------------------------
-def _train_workdir(path: str) -> str | None:
-    """The trainer's workdir if `path` is one, its checkpoints/ dir, or a step dir in it."""
-    for cand in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
-        if all(os.path.exists(os.path.join(cand, f)) for f in ("checkpoints", "model_config.json", "tokenizer")):
-            return cand
-    return None
-
-
-def load_policy(model_spec: str, **cfg_options) -> tuple[Qwen2Config, dict, str]:
-    """(cfg, params, tokenizer_dir) for a HF checkpoint dir, hub id, or training workdir."""
-    path = os.path.abspath(model_spec.rstrip("/")) if os.path.isdir(model_spec) else None
-    workdir = _train_workdir(path) if path else None
-    if workdir is None:  # Hugging Face checkpoint: directory or hub id
-        directory = hf.resolve(model_spec)
-        cfg = Qwen2Config.from_file(directory, **cfg_options)
-        return (*hf.load_params(directory, cfg), directory)
-    # ---- our orbax training workdir: <workdir>/{model_config.json, tokenizer/, checkpoints/<step>/}
-    import orbax.checkpoint as ocp
-
-    from dsrl_jax.checkpoint import Checkpointer
-
-    with open(os.path.join(workdir, "model_config.json"), encoding="utf-8") as f:
-        cfg = Qwen2Config.from_hf(json.load(f), **cfg_options)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    step = ckpt.latest_step()
-    if path.startswith(os.path.join(workdir, "checkpoints") + os.sep):  # a step dir was named
-        step = int(os.path.relpath(path, os.path.join(workdir, "checkpoints")).split(os.sep)[0])
-    if step is None:
-        raise ValueError(f"{workdir}/checkpoints holds no complete checkpoint")
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                                     qwen2.abstract_params(cfg))}
-    # Only the params of the train state: Checkpointer.restore needs the full state tree.
-    args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
-                                  restore_args=ocp.checkpoint_utils.construct_restore_args(target))
-    with ocp.PyTreeCheckpointer() as reader:
-        state = reader.restore(ckpt.directory / str(step) / "state", args=args)
-    ckpt.close()
-    return cfg, state["params"], os.path.join(workdir, "tokenizer")
-
-
-# ---- prompts and decoding ---------------------------------------------------------------
-def prompt_ids(record: dict, tokenizer, mode: str = "auto") -> list[int]:
-    """The chat-templated prompt with the domain's instruction (shared with training)."""
-    return format_prompt(record, tokenizer, mode)
-
-
-def _decode(tokenizer, ids: list[int]) -> str:
-    try:
-        return tokenizer.decode(ids, skip_special_tokens=True)
-    except TypeError:  # a minimal tokenizer (the CPU demo's): decode(ids) only
-        return tokenizer.decode(ids)
-
-
-def default_stop_ids(cfg: Qwen2Config, tokenizer, model_dir: str | None = None) -> list[int]:
-    """generation_config.json's EOS ids, the tokenizer's EOS and the model config's EOS."""
-    ids = hf.stop_token_ids(tokenizer, model_dir) if hasattr(tokenizer, "eos_token_id") else []
-    eos = cfg.eos_token_id
-    for i in (eos if isinstance(eos, tuple) else (eos,)):
-        if i is not None and i not in ids:
-            ids.append(i)
-    return ids
+def prompts_per_call(opts, n: int, data_parallel: int) -> int:
+    """opts.batch_size, or (0) as many prompts as fill rows_per_device rows on every
+    data-parallel device."""
+    if int(opts.batch_size) > 0:
+        return int(opts.batch_size)
+    return max(1, int(opts.get("rows_per_device", 8)) * data_parallel // n)
 
 
 # ---- responses on disk (resumable) ------------------------------------------------------
@@ -241,26 +183,24 @@ def _check_settings(bench_dir: str, settings: dict) -> None:
         json.dump(settings, f, indent=1)
 
 
-def _rows(batch, out, texts, results, n) -> list[dict]:
+def _rows(ro) -> list[dict]:
     rows = []
-    for i, (text, res) in enumerate(zip(texts, results)):
+    for i, (text, reward, info) in enumerate(zip(ro.texts, ro.rewards, ro.infos)):
         rows.append({
-            "id": batch[i // n]["id"], "sample": i % n, "response": text,
-            "extracted": res.info.get("extracted"), "reward": float(res.score),
-            "correct": eval_metrics.is_correct(res.score), "length": int(out.lengths[i]),
-            "finish_reason": FINISH_REASONS[int(out.finish_reason[i])], "error": res.info.get("error"),
+            "id": ro.record_of(i)["id"], "sample": i % ro.n, "response": text,
+            "extracted": info.get("extracted"), "reward": float(reward),
+            "correct": eval_metrics.is_correct(reward), "length": int(ro.lengths[i]),
+            "finish_reason": ro.finish_name(i), "error": info.get("error"),
         })  # fmt: skip
     return rows
 
 
-def evaluate_benchmark(name, records, cfg, params, tokenizer, opts, sampler, pool,
-                       stop_token_ids, bench_dir=None, prompt_fn=None) -> dict:
-    """Metrics of one benchmark; with `bench_dir`, resumes from and appends to its responses.
-    `prompt_fn(record) -> ids` replaces the chat-template prompt (e.g. the demo's format)."""
+def evaluate_benchmark(name, records, policy: Policy, opts, sampler, pool, bench_dir=None, params=None) -> dict:
+    """Metrics of one benchmark; with `bench_dir`, resumes from and appends to its responses."""
     n = samples_for(name, records, opts)
-    sample_opts = SampleOptions(
+    sample_opts = policy.sample_options(
         max_new_tokens=int(opts.max_new_tokens), temperature=float(opts.temperature),
-        top_p=float(opts.top_p), top_k=int(opts.top_k), n=n, stop_token_ids=tuple(stop_token_ids))
+        top_p=float(opts.top_p), top_k=int(opts.top_k), n=n)
     path = os.path.join(bench_dir, "responses.jsonl") if bench_dir else None
     if bench_dir:
         _check_settings(bench_dir, {"n": n, "temperature": sample_opts.temperature, "top_p": sample_opts.top_p,
@@ -270,20 +210,13 @@ def evaluate_benchmark(name, records, cfg, params, tokenizer, opts, sampler, poo
     index = {r["id"]: i for i, r in enumerate(records)}
     todo = [r for r in records if r["id"] not in done]
     key = jax.random.fold_in(jax.random.PRNGKey(int(opts.seed)), zlib.crc32(name.encode()) & 0x7FFFFFFF)
-    # R1-style templates open <think> in the prompt; grading must see it (an unclosed
-    # think block, i.e. truncated reasoning, has no final answer).
-    mode = opts.get("prompt_mode", "auto")
-    prompt_fn = prompt_fn or (lambda r: prompt_ids(r, tokenizer, mode))
-    prefix = "<think>\n" if tokenizer.decode(prompt_fn(records[0])[-3:]).rstrip().endswith("<think>") else ""
-    bs = max(1, int(opts.batch_size))
-    with tqdm(total=len(records), initial=len(records) - len(todo), desc=name, unit="problem") as bar:
+    bs = prompts_per_call(opts, n, parallel.data_parallel_size(policy.mesh, policy.rules))
+    with tqdm(total=len(records), initial=len(records) - len(todo), desc=name, unit="problem",
+              disable=jax.process_index() != 0) as bar:
         for start in range(0, len(todo), bs):
             batch = todo[start:start + bs]
             rng = jax.random.fold_in(key, index[batch[0]["id"]])
-            out = sampler.sample(params, [prompt_fn(r) for r in batch], rng, sample_opts)
-            texts = [_decode(tokenizer, out.completion(i)) for i in range(len(batch) * n)]
-            results = pool.score([prefix + t for t in texts], [batch[i // n] for i in range(len(texts))])
-            rows = _rows(batch, out, texts, results, n)
+            rows = _rows(rollout(policy, sampler, batch, rng, sample_opts, pool, params=params).wait())
             if path and jax.process_index() == 0:  # one write per batch of complete problems
                 with open(path, "a", encoding="utf-8") as f:
                     f.write("".join(_dumps(r) + "\n" for r in rows))
@@ -294,9 +227,10 @@ def evaluate_benchmark(name, records, cfg, params, tokenizer, opts, sampler, poo
     return eval_metrics.summarize(by_problem, records[0]["domain"], n)
 
 
-def evaluate_policy(cfg, params, tokenizer, benchmarks, opts, sampler=None, workdir=None,
-                    pool=None, stop_token_ids=None, prompt_fn=None) -> dict:
-    """{benchmark: metrics} for `benchmarks` ({name: records} or a spec string).
+def evaluate_policy(policy: Policy, benchmarks, opts, *, params=None, sampler=None, workdir=None,
+                    pool=None) -> dict:
+    """{benchmark: metrics} of `policy` (with `params` instead of its own when given) on
+    `benchmarks` ({name: records} or a spec string).
 
     With `workdir`, writes <workdir>/<bench>/responses.jsonl, summary.json and results.md,
     and resumes from what is already there. `pool` (a RewardPool) and `sampler` are reused
@@ -306,16 +240,14 @@ def evaluate_policy(cfg, params, tokenizer, benchmarks, opts, sampler=None, work
 
     if isinstance(benchmarks, str):
         benchmarks = {name: load_benchmark(name, path, opts) for name, path in parse_benchmarks(benchmarks)}
-    sampler = sampler or Sampler(cfg)
-    stops = stop_token_ids if stop_token_ids is not None else default_stop_ids(cfg, tokenizer)
+    sampler = sampler or Sampler(policy.cfg, policy.mesh, policy.rules)
     own_pool = pool is None
     pool = pool or RewardPool(DEFAULT_CONFIG, num_workers=int(opts.reward_workers))
     summary = {}
     try:
         for name, records in benchmarks.items():
             bench_dir = os.path.join(workdir, name) if workdir else None
-            summary[name] = evaluate_benchmark(name, records, cfg, params, tokenizer, opts, sampler,
-                                               pool, stops, bench_dir, prompt_fn)
+            summary[name] = evaluate_benchmark(name, records, policy, opts, sampler, pool, bench_dir, params)
     finally:
         if own_pool:
             pool.close()
@@ -339,12 +271,12 @@ def run(config, workdir: str) -> dict:
     if not config.model:
         raise ValueError("--config.model is required (HF directory, hub id or training workdir)")
     benchmarks = {name: load_benchmark(name, path, config) for name, path in parse_benchmarks(config.benchmarks)}
-    cfg, params, tok_dir = load_policy(config.model, dtype=config.get("dtype", "float32"))
-    tokenizer = hf.load_tokenizer(tok_dir)
-    stops = default_stop_ids(cfg, tokenizer, tok_dir)
+    mesh = parallel.make_mesh(config.mesh.to_dict())
+    rules = config.sharding_rules.to_dict()
+    policy = load_policy(config.model, mesh, rules, tokenizer=config.get("tokenizer") or None,
+                         prompt_mode=config.prompt_mode, dtype=config.get("dtype", "float32"))
     os.makedirs(workdir, exist_ok=True)
-    summary = evaluate_policy(cfg, params, tokenizer, benchmarks, config, workdir=workdir,
-                              stop_token_ids=stops)
+    summary = evaluate_policy(policy, benchmarks, config, workdir=workdir)
     print(eval_metrics.results_markdown(summary))
     return summary
 

@@ -3,10 +3,12 @@
     python -m dsrl_jax.generate --model DIR_OR_HUB_ID --prompts IN.jsonl --out OUT.jsonl \
         [--n 4] [--max_new_tokens 1024] [--temperature 0.6 --top_p 0.95] [--greedy]
 
+The model is loaded sharded over all local devices (`--mesh data=1,fsdp=-1,tensor=1`).
 Each input line has `id` and one of `messages` (chat; the model's template is applied with
 a generation prompt), `prompt` (text, tokenized without special tokens) or
 `prompt_token_ids`. Each output line is one sample: id, sample, response, token_ids,
-finish_reason, num_tokens.
+finish_reason, num_tokens (`response` starts with the `<think>\\n` an R1 template opened
+in the prompt, as the graders see it).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import jax
 from absl import app, flags
 from tqdm import tqdm
 
+from dsrl_jax import parallel
 from dsrl_jax.models import hf
-from dsrl_jax.sampling import FINISH_REASONS, SampleOptions, Sampler
+from dsrl_jax.policy import load_policy, rollout
+from dsrl_jax.sampling import Sampler
 
 flags.DEFINE_string("model", None, "HF checkpoint directory or hub id.", required=True)
 flags.DEFINE_string("prompts", None, "Input JSONL.", required=True)
@@ -35,6 +39,7 @@ flags.DEFINE_bool("ignore_eos", False, "Do not stop at EOS / generation-config s
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Activation dtype.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer("batch_size", 16, "Prompts per sampler call.")
+flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "Mesh axes AXIS=SIZE over all local devices (one may be -1).")
 FLAGS = flags.FLAGS
 
 
@@ -72,39 +77,49 @@ def read_prompts(path: str, tokenizer) -> list[tuple[str, list[int]]]:
     return out
 
 
+def parse_mesh(spec: str) -> dict[str, int]:
+    """"data=1,fsdp=-1,tensor=2" -> {"data": 1, "fsdp": -1, "tensor": 2}."""
+    out = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        axis, _, size = item.partition("=")
+        if axis not in parallel.MESH_AXES or not size.lstrip("-").isdigit():
+            raise ValueError(f"--mesh: {item!r} is not AXIS=SIZE with AXIS one of {parallel.MESH_AXES}")
+        out[axis] = int(size)
+    return out
+
+
 def main(argv):
     del argv
-    tokenizer = hf.load_tokenizer(FLAGS.tokenizer or FLAGS.model)
-    model_dir = hf.resolve(FLAGS.model)
-    cfg, params = hf.load_params(model_dir)
-    cfg = cfg.replace(dtype=FLAGS.dtype)
+    try:
+        mesh = parallel.make_mesh(parse_mesh(FLAGS.mesh))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    policy = load_policy(FLAGS.model, mesh, tokenizer=FLAGS.tokenizer, dtype=FLAGS.dtype)
+    tokenizer = policy.tokenizer
     try:
         prompts = read_prompts(FLAGS.prompts, tokenizer)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
     for pid, ids in prompts:
-        if max(ids) >= cfg.vocab_size:
-            sys.exit(f"error: prompt {pid} has token id {max(ids)} >= vocab size {cfg.vocab_size}")
-    stops = () if FLAGS.ignore_eos else tuple(hf.stop_token_ids(tokenizer, model_dir))
-    opts = SampleOptions(
+        if max(ids) >= policy.cfg.vocab_size:
+            sys.exit(f"error: prompt {pid} has token id {max(ids)} >= vocab size {policy.cfg.vocab_size}")
+    opts = policy.sample_options(
         max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature, top_p=FLAGS.top_p,
-        top_k=FLAGS.top_k, greedy=FLAGS.greedy, n=FLAGS.n, stop_token_ids=stops,
-        cache_dtype=FLAGS.dtype, pad_token_id=tokenizer.pad_token_id or 0,
-    )
-    sampler = Sampler(cfg)
+        top_k=FLAGS.top_k, greedy=FLAGS.greedy, n=FLAGS.n, cache_dtype=FLAGS.dtype,
+        **({"stop_token_ids": ()} if FLAGS.ignore_eos else {}))
+    sampler = Sampler(policy.cfg, mesh)
     rng = jax.random.key(FLAGS.seed)
     with open(FLAGS.out, "w", encoding="utf-8") as f, tqdm(total=len(prompts) * opts.n, desc="generate", unit="sample") as bar:
         for start in range(0, len(prompts), FLAGS.batch_size):
             chunk = prompts[start : start + FLAGS.batch_size]
             rng, key = jax.random.split(rng)
-            out = sampler.sample(params, [ids for _, ids in chunk], key, opts)
+            ro = rollout(policy, sampler, [{"id": pid} for pid, _ in chunk], key, opts,
+                         prompt_ids=[ids for _, ids in chunk])
             for row in range(len(chunk) * opts.n):
-                tokens = out.completion(row)
+                tokens = ro.completion(row)
                 f.write(json.dumps({
-                    "id": chunk[row // opts.n][0], "sample": row % opts.n,
-                    "response": tokenizer.decode(tokens, skip_special_tokens=True),
-                    "token_ids": tokens, "finish_reason": FINISH_REASONS[out.finish_reason[row]],
-                    "num_tokens": len(tokens),
+                    "id": chunk[row // opts.n][0], "sample": row % opts.n, "response": ro.texts[row],
+                    "token_ids": tokens, "finish_reason": ro.finish_name(row), "num_tokens": len(tokens),
                 }) + "\n")
             bar.update(len(chunk) * opts.n)
 

@@ -15,6 +15,7 @@ proxy and of levels per domain are printed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import sys
@@ -101,61 +102,56 @@ def histogram_table(records: list[dict], proxies: list[str]) -> str:
 
 
 # -- scoring one proxy ----------------------------------------------------------------------
-def score_proxy(proxy, records, done, log, pool, config, tokenizers=None, prompt_fn=None) -> collections.Counter:
+def score_proxy(proxy, records, done, log, pool, config, mesh, *, tokenizer=None, prompt_fn=None) -> collections.Counter:
     """Sample, grade and log every record not yet scored by `proxy`; returns counters.
 
-    `tokenizers` caches tokenizers by directory across proxies (the R1-Distill family shares
-    one, and a slow tokenizer takes seconds to load); a caller may pre-fill it, e.g. with a
-    tokenizer that is not a Hugging Face one. `prompt_fn(record, tokenizer) -> ids` replaces
-    the default chat-template / plain prompt."""
+    The proxy is loaded sharded on `mesh` (FSDP x tensor parallel: a 32B model does not fit
+    one chip). `tokenizer` (an object) and `prompt_fn(record) -> ids` replace the proxy's own
+    tokenizer and the chat-template / plain prompt (the CPU demo passes its own)."""
     import jax
     from tqdm import tqdm
 
-    from dsrl_jax.data.prompts import format_prompt
-    from dsrl_jax.models import hf
-    from dsrl_jax.models.config import Qwen2Config
-    from dsrl_jax.sampling import FINISH_LENGTH, SampleOptions, Sampler
+    from dsrl_jax import parallel
+    from dsrl_jax.policy import load_policy, rollout
+    from dsrl_jax.sampling import Sampler
 
     stats = collections.Counter()
     todo = [r for r in records if (proxy.name, r["id"]) not in done]
     stats["already_scored"] = len(records) - len(todo)
     if not todo:
         return stats
-    model_dir = hf.resolve(proxy.model)
-    tokenizers = {} if tokenizers is None else tokenizers
-    tok_dir = hf.resolve(proxy.tokenizer) if proxy.tokenizer else model_dir
-    if tok_dir not in tokenizers:
-        tokenizers[tok_dir] = hf.load_tokenizer(tok_dir)
-    tokenizer = tokenizers[tok_dir]
-    cfg = Qwen2Config.from_file(model_dir, dtype=proxy.dtype)
-    cfg, params = hf.load_params(model_dir, cfg)
+    rules = config.sharding_rules.to_dict() if hasattr(config.sharding_rules, "to_dict") else dict(config.sharding_rules)
+    policy = load_policy(proxy.model, mesh, rules, tokenizer=tokenizer or proxy.tokenizer or None,
+                         prompt_mode=config.prompt_mode, prompt_fn=prompt_fn, dtype=proxy.dtype)
     prompts = []
     for r in todo:
-        ids = prompt_fn(r, tokenizer) if prompt_fn else format_prompt(r, tokenizer, config.prompt_mode)
-        if len(ids) > proxy.max_prompt_len or max(ids) >= cfg.vocab_size:
+        ids = policy.prompt_fn(r)
+        if len(ids) > proxy.max_prompt_len or max(ids) >= policy.cfg.vocab_size:
             stats["skipped_prompt_too_long" if len(ids) > proxy.max_prompt_len else "skipped_bad_token"] += 1
             continue
         prompts.append((r, ids))
-    opts = SampleOptions(max_new_tokens=proxy.max_new_tokens, temperature=proxy.temperature, top_p=proxy.top_p,
-                         top_k=proxy.top_k, n=proxy.k, stop_token_ids=tuple(hf.stop_token_ids(tokenizer, model_dir)),
-                         cache_dtype=proxy.dtype, pad_token_id=tokenizer.pad_token_id or 0)
-    sampler = Sampler(cfg)
+    opts = policy.sample_options(max_new_tokens=proxy.max_new_tokens, temperature=proxy.temperature,
+                                 top_p=proxy.top_p, top_k=proxy.top_k, n=proxy.k, cache_dtype=proxy.dtype)
+    sampler = Sampler(policy.cfg, mesh, rules)
+    dp = parallel.data_parallel_size(mesh, rules)
+    per_call = proxy.batch_size or max(1, proxy.get("rows_per_device", 8) * dp // proxy.k)
     base = jax.random.fold_in(jax.random.key(config.seed), sum(map(ord, proxy.name)))
-    with tqdm(total=len(prompts), desc=f"score {proxy.name}", unit="problem") as bar:
-        for start in range(0, len(prompts), proxy.batch_size):
-            chunk = prompts[start: start + proxy.batch_size]
-            out = sampler.sample(params, [ids for _, ids in chunk], jax.random.fold_in(base, start), opts)
-            texts = [tokenizer.decode(out.completion(i), skip_special_tokens=True) for i in range(len(chunk) * proxy.k)]
-            results = pool.score(texts, [r for r, _ in chunk for _ in range(proxy.k)])
+    with tqdm(total=len(prompts), desc=f"score {proxy.name}", unit="problem", disable=jax.process_index() != 0) as bar:
+        for start in range(0, len(prompts), per_call):
+            chunk = prompts[start: start + per_call]
+            ro = rollout(policy, sampler, [r for r, _ in chunk], jax.random.fold_in(base, start), opts, pool,
+                         prompt_ids=[ids for _, ids in chunk]).wait()
             for i, (r, _) in enumerate(chunk):
-                scores = [float(x.score) for x in results[i * proxy.k: (i + 1) * proxy.k]]
-                truncated = int(sum(out.finish_reason[i * proxy.k: (i + 1) * proxy.k] == FINISH_LENGTH))
+                scores = [float(x) for x in ro.rewards[i * proxy.k: (i + 1) * proxy.k]]
+                truncated = int(ro.truncated[i * proxy.k: (i + 1) * proxy.k].sum())
                 row = {"proxy": proxy.name, "id": r["id"], "pass_rate": sum(scores) / len(scores),
                        "k": proxy.k, "scores": scores, "truncated": truncated}
-                log.write(json.dumps(row) + "\n")
+                if log is not None:
+                    log.write(json.dumps(row) + "\n")
                 done[proxy.name, r["id"]] = row
-            log.flush()
-            os.fsync(log.fileno())
+            if log is not None:
+                log.flush()
+                os.fsync(log.fileno())
             stats["scored"] += len(chunk)
             bar.update(len(chunk))
     return stats
@@ -170,12 +166,14 @@ def _sources(config) -> list:
     return specs
 
 
-def run(config, records: list[dict] | None = None, tokenizers: dict | None = None, prompt_fn=None) -> list[dict]:
+def run(config, records: list[dict] | None = None, tokenizer=None, prompt_fn=None) -> list[dict]:
     """The whole job; returns the merged, levelled records written to `config.output`.
-    `records` replaces the config's sources; `tokenizers` and `prompt_fn` go to
+    `records` replaces the config's sources; `tokenizer` and `prompt_fn` go to
     `score_proxy` (the CPU demo passes its synthetic problems and character tokenizer)."""
+    import jax
     import ml_collections
 
+    from dsrl_jax import parallel
     from dsrl_jax.rewards import RewardPool
 
     levels_lib.validate_rules(config.level_rules)
@@ -195,20 +193,24 @@ def run(config, records: list[dict] | None = None, tokenizers: dict | None = Non
         raise ValueError("no problems to score: every source came out empty")
     progress = config.progress or config.output + ".scores.jsonl"
     os.makedirs(os.path.dirname(os.path.abspath(progress)), exist_ok=True)
-    done, tokenizers = read_progress(progress), ({} if tokenizers is None else tokenizers)
+    done = read_progress(progress)
+    mesh = parallel.make_mesh(config.mesh.to_dict() if hasattr(config.mesh, "to_dict") else dict(config.mesh))
+    primary = jax.process_index() == 0  # every process samples and grades; one writes the log
     with RewardPool(config.rewards, num_workers=config.reward_workers) as pool, \
-            open(progress, "a", encoding="utf-8") as log:
+            (open(progress, "a", encoding="utf-8") if primary else contextlib.nullcontext()) as log:
         for proxy in proxies:
             if wanted and proxy.name not in wanted:
                 continue
-            stats = score_proxy(proxy, records, done, log, pool, config, tokenizers, prompt_fn)
+            stats = score_proxy(proxy, records, done, log, pool, config, mesh, tokenizer=tokenizer,
+                                prompt_fn=prompt_fn)
             print(f"{proxy.name}: {dict(stats)}", file=sys.stderr)
     merged = merge_pass_rates(records, done, external)
     levelled = levels_lib.assign_levels(merged, config.level_rules, seed=config.level_seed)
-    tmp = config.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in levelled)
-    os.replace(tmp, config.output)
+    if primary:
+        tmp = config.output + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in levelled)
+        os.replace(tmp, config.output)
     all_proxies = list(dict.fromkeys(names + sorted({p for r in merged for p in r.get("pass_rates", {})})))
     print(histogram_table(merged, all_proxies))
     print(f"\n{len(levelled)} of {len(merged)} problems kept by the rules -> {config.output}")

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from dsrl_jax import evaluate as ev
+from dsrl_jax.data.prompts import format_prompt
+from dsrl_jax.policy import load_policy
 from dsrl_jax.sampling import Sampler
 from tests.conftest import REPO, shared_path
 from tests.hf_utils import make_hf_model
@@ -38,8 +40,8 @@ def tiny_model(tmp_path_factory):
 class CountingSampler(Sampler):
     """Counts prompts sent for sampling, to see what a resumed run regenerates."""
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, mesh):
+        super().__init__(cfg, mesh)
         self.prompts = 0
 
     def sample(self, params, prompts, rng, opts):
@@ -85,14 +87,11 @@ def test_limit_and_per_domain_default_n(tiny_model, tmp_path):
 
 def test_resume_regenerates_only_missing_problem(tiny_model, tmp_path):
     aime = shared_path("data", "math", "aime24.jsonl")
-    cfg, params, tok_dir = ev.load_policy(tiny_model)
-    from dsrl_jax.models import hf
-
-    tokenizer = hf.load_tokenizer(tok_dir)
+    policy = load_policy(tiny_model)
     opts = eval_config(limit=3, batch_size=1)
     benchmarks = {"aime": ev.load_benchmark("aime", str(aime), opts)}
-    sampler = CountingSampler(cfg)
-    first = ev.evaluate_policy(cfg, params, tokenizer, benchmarks, opts, sampler=sampler, workdir=str(tmp_path))
+    sampler = CountingSampler(policy.cfg, policy.mesh)
+    first = ev.evaluate_policy(policy, benchmarks, opts, sampler=sampler, workdir=str(tmp_path))
     assert sampler.prompts == 3
     path = tmp_path / "aime" / "responses.jsonl"
     original = path.read_text(encoding="utf-8").splitlines()
@@ -102,7 +101,7 @@ def test_resume_regenerates_only_missing_problem(tiny_model, tmp_path):
     path.write_text("\n".join(kept) + "\n" + original[-1][:25])  # killed mid-write
 
     sampler.prompts = 0
-    second = ev.evaluate_policy(cfg, params, tokenizer, benchmarks, opts, sampler=sampler, workdir=str(tmp_path))
+    second = ev.evaluate_policy(policy, benchmarks, opts, sampler=sampler, workdir=str(tmp_path))
     assert sampler.prompts == 1  # only the problem whose samples were lost
     rows = read_lines(path)
     assert len(rows) == 6
@@ -113,11 +112,11 @@ def test_resume_regenerates_only_missing_problem(tiny_model, tmp_path):
     assert second == first
 
     sampler.prompts = 0
-    ev.evaluate_policy(cfg, params, tokenizer, benchmarks, opts, sampler=sampler, workdir=str(tmp_path))
+    ev.evaluate_policy(policy, benchmarks, opts, sampler=sampler, workdir=str(tmp_path))
     assert sampler.prompts == 0  # complete: nothing to do
 
     with pytest.raises(ValueError, match="new workdir"):  # different settings must not mix
-        ev.evaluate_policy(cfg, params, tokenizer, benchmarks, eval_config(limit=3, temperature=1.0),
+        ev.evaluate_policy(policy, benchmarks, eval_config(limit=3, temperature=1.0),
                            sampler=sampler, workdir=str(tmp_path))
 
 
@@ -126,12 +125,12 @@ def test_prompts_use_chat_template_and_domain_instruction(r1_tokenizer_dir):
 
     tok = hf.load_tokenizer(str(r1_tokenizer_dir))
     math = {"id": "m", "domain": "math", "problem": "What is 1+1?", "answer": "2"}
-    text = tok.decode(ev.prompt_ids(math, tok))
+    text = tok.decode(format_prompt(math, tok))
     assert "What is 1+1?\nPlease reason step by step, and put your final answer within \\boxed{}." in text
     assert text.startswith("<｜begin▁of▁sentence｜>") and text.endswith("<｜Assistant｜><think>\n")
     code = {"id": "c", "domain": "code", "problem": "Add.", "starter_code": "class Solution:\n    def add(self, a, b):",
             "tests": [{"testtype": "functional", "input": "1\n2", "output": "3"}]}
-    text = tok.decode(ev.prompt_ids(code, tok))
+    text = tok.decode(format_prompt(code, tok))
     assert "```python\nclass Solution:\n    def add(self, a, b):\n```" in text and "```python" in text
 
 
@@ -179,12 +178,13 @@ def test_load_policy_from_training_workdir(tmp_path, r1_tokenizer_dir):
                      "opt_state": {"mu": jax.tree.map(lambda x: x * 0, params)}, "step": np.int32(step)}
             ckpt.save(step, state, {"data": step})
 
-    got_cfg, got, tok_dir = ev.load_policy(str(tmp_path))
-    assert got_cfg.hidden_size == cfg.hidden_size and tok_dir == str(tmp_path / "tokenizer")
-    np.testing.assert_allclose(got["embed"], params["embed"] * 2.0)  # latest step
-    _, older, _ = ev.load_policy(str(tmp_path / "checkpoints" / "10"))
+    got = load_policy(str(tmp_path))
+    assert got.cfg.hidden_size == cfg.hidden_size and got.tokenizer.eos_token_id == 151643
+    np.testing.assert_allclose(got.params["embed"], params["embed"] * 2.0)  # latest step
+    older = load_policy(str(tmp_path / "checkpoints" / "10")).params
     np.testing.assert_allclose(older["embed"], params["embed"])
     assert jax.tree.structure(older) == jax.tree.structure(params)
+    np.testing.assert_allclose(load_policy(f"{tmp_path}@10").params["embed"], params["embed"])
 
 
 def test_named_benchmarks_resolve_to_hub_sources():

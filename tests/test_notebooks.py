@@ -50,7 +50,7 @@ CELL_TIMEOUT_S = 120
 def make_training_run(root: str) -> None:
     """A real 2-stage GRPO run (8 steps) with periodic evals, and evals at two steps."""
     from configs import base
-    from dsrl_jax.demo import CharTokenizer, demo_model_config, make_split
+    from dsrl_jax.demo import CharTokenizer, demo_model_config, demo_policy, make_split
     from dsrl_jax.evaluate import evaluate_policy
     from dsrl_jax.models import qwen2
     from dsrl_jax.rl.trainer import Trainer
@@ -84,13 +84,12 @@ def make_training_run(root: str) -> None:
 
     def eval_checkpoint(trainer, step, metrics):  # what `dsrl_jax.evaluate` does per checkpoint
         if step % 4 == 0:
-            evaluate_policy(trainer.cfg, trainer.state["params"], trainer.tokenizer, benchmarks, trainer.config.eval,
+            evaluate_policy(trainer.policy, benchmarks, trainer.config.eval, params=trainer.state["params"],
                             sampler=trainer.sampler, pool=trainer.pool,
                             workdir=os.path.join(root, "evals", f"step_{step}"))
 
-    trainer = Trainer(c, os.path.join(root, "train"), records=records, tokenizer=tok,
-                      model=(cfg, qwen2.init_params(cfg, 0)),
-                      tokenize_fn=lambda r: tok.format_prompt(r["problem"]), response_prefix=lambda ids: "")
+    trainer = Trainer(c, os.path.join(root, "train"), records=records,
+                      policy=demo_policy(cfg, qwen2.init_params(cfg, 0), tok))
     try:
         trainer.run(on_step=eval_checkpoint)
     finally:
@@ -129,8 +128,7 @@ def make_scored_dataset(root: str) -> None:
     c.pass_rates_file = rates_path
     c.output = os.path.join(root, "scored", "problems.jsonl")
     c.reward_workers = 0
-    score.run(c, records=records, tokenizers={hf.resolve(model_dir): tok},
-              prompt_fn=lambda r, t: t.format_prompt(r["problem"]))
+    score.run(c, records=records, tokenizer=tok, prompt_fn=lambda r: tok.format_prompt(r["problem"]))
 
 
 FIXTURE_PARTS = {"train": make_training_run, "scored": make_scored_dataset}

@@ -5,7 +5,7 @@ k samples"), reported overall and per difficulty. Greedy decoding (n = 1) gives 
 policy's mode: the gap between greedy accuracy and sampled Pass@1 at temperature 1 is the
 room that sharpening by RL can use.
 
-Scoring runs in-process by default (score_record): the demo's responses are a few dozen
+Scoring runs in-process by default (a RewardPool without workers): the demo's responses are a few dozen
 characters of arithmetic, which Math-Verify parses in microseconds. Pass a RewardPool to
 grade in worker processes with hard timeouts instead, as training does.
 """
@@ -18,8 +18,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from dsrl_jax.rewards import parse_reward_config, score_record
-from dsrl_jax.sampling import SampleOptions, Sampler
+from dsrl_jax import parallel
+from dsrl_jax.policy import Policy, rollout
+from dsrl_jax.rewards import RewardPool
+from dsrl_jax.sampling import Sampler
 
 
 @dataclasses.dataclass
@@ -33,34 +35,38 @@ class EvalResult:
         return self.pass_at_1
 
 
-def pass_at_1(cfg, params, tokenizer, records: Sequence[dict], *, n: int = 4,
-              temperature: float = 1.0, max_new_tokens: int = 64, seed: int = 0,
-              greedy: bool = False, sampler: Sampler | None = None, pool=None,
-              reward_cfg=None, batch_size: int = 256) -> EvalResult:
+def demo_policy(cfg, params, tokenizer, mesh=None) -> Policy:
+    """The demo's policy: its character tokenizer, plain prompts, EOS as the only stop."""
+    mesh = mesh or parallel.make_mesh({"fsdp": 1}, jax.devices()[:1])
+    return Policy(cfg, params, tokenizer, (tokenizer.eos_token_id,), lambda r: tokenizer.format_prompt(r["problem"]),
+                  mesh, spec="demo")
+
+
+def pass_at_1(policy: Policy, records: Sequence[dict], *, n: int = 4, temperature: float = 1.0,
+              max_new_tokens: int = 64, seed: int = 0, greedy: bool = False, sampler: Sampler | None = None,
+              pool=None, reward_cfg=None, batch_size: int = 256, params=None) -> EvalResult:
     """Sample `n` completions per record (1 when greedy) and grade them with the math reward.
 
     Records are sampled `batch_size` prompts at a time; reuse a `sampler` across calls to
-    keep its compiled programs.
-    """
+    keep its compiled programs. `params` replace the policy's own."""
     n = 1 if greedy else n
-    sampler = sampler or Sampler(cfg)
-    opts = SampleOptions(max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy,
-                         n=n, stop_token_ids=(tokenizer.eos_token_id,),
-                         pad_token_id=tokenizer.pad_token_id, cache_dtype="float32")
+    sampler = sampler or Sampler(policy.cfg, policy.mesh, policy.rules)
+    opts = policy.sample_options(max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy, n=n,
+                                 cache_dtype="float32")
+    grader = pool if pool is not None else RewardPool(reward_cfg, num_workers=0)
     key = jax.random.key(seed)
-    responses, lengths = [], []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        prompts = [tokenizer.format_prompt(r["problem"]) for r in chunk]
-        out = sampler.sample(params, prompts, jax.random.fold_in(key, start), opts)
-        responses += [tokenizer.decode(out.completion(i)) for i in range(len(chunk) * n)]
-        lengths += out.lengths.tolist()
+    responses, lengths, scores = [], [], []
+    try:
+        for start in range(0, len(records), batch_size):
+            chunk = list(records[start : start + batch_size])
+            ro = rollout(policy, sampler, chunk, jax.random.fold_in(key, start), opts, grader, params=params).wait()
+            responses += ro.texts
+            lengths += ro.lengths.tolist()
+            scores += ro.rewards.tolist()
+    finally:
+        if pool is None:
+            grader.close()
     repeated = [r for r in records for _ in range(n)]
-    if pool is not None:
-        scores = [res.score for res in pool.score(responses, repeated)]
-    else:
-        specs = parse_reward_config(reward_cfg)
-        scores = [score_record(resp, rec, specs).score for resp, rec in zip(responses, repeated)]
     per = collections.defaultdict(list)
     for rec, s in zip(repeated, scores):
         per[rec.get("difficulty")].append(s)

@@ -17,7 +17,7 @@ import jax
 import ml_collections
 
 from dsrl_jax import score
-from dsrl_jax.demo.evaluate import pass_at_1
+from dsrl_jax.demo.evaluate import demo_policy, pass_at_1
 from dsrl_jax.demo.sft import demo_model_config, warm_start
 from dsrl_jax.demo.task import make_splits
 from dsrl_jax.demo.tokenizer import CharTokenizer
@@ -67,14 +67,14 @@ def _score(config, tok, records, dirs, workdir):
                               dtype="float32")
     sc = ml_collections.ConfigDict(dict(
         proxies=[proxy("sft-early"), proxy("warm-start")], only_proxies="", pass_rates_file="",
+        mesh={"fsdp": -1}, sharding_rules=config.sharding_rules.to_dict(),
         output=os.path.join(workdir, "scored", "problems.jsonl"), progress="", prompt_mode="plain",
         rewards=config.rewards.to_dict(), reward_workers=config.reward_workers,
         level_rules=config.level_rules.to_dict(), level_seed=config.seed, seed=config.seed))
-    return score.run(sc, records=records, tokenizers={p: tok for p in dirs.values()},
-                     prompt_fn=lambda record, t: t.format_prompt(record["problem"]))
+    return score.run(sc, records=records, tokenizer=tok, prompt_fn=lambda record: tok.format_prompt(record["problem"]))
 
 
-def _evaluate(cfg, params, tok, records, config, pool, workdir, label):
+def _evaluate(policy, records, config, pool, workdir, label):
     """Held-out Pass@1 (n samples at the demo's temperature) through the project's evaluator,
     written to evals/<label>/ like any checkpoint's evaluation, plus greedy accuracy."""
     from dsrl_jax.evaluate import evaluate_policy
@@ -84,16 +84,14 @@ def _evaluate(cfg, params, tok, records, config, pool, workdir, label):
     opts.update(n=d.eval_n, temperature=d.eval_temperature, top_p=1.0, max_new_tokens=d.eval_max_new_tokens,
                 limit=0, batch_size=256, seed=config.seed)
     out_dir = os.path.join(workdir, "evals", label)
-    prompt = lambda r: tok.format_prompt(r["problem"])
-    summary = evaluate_policy(cfg, params, tok, {"demo": records}, opts, pool=pool, workdir=out_dir,
-                              prompt_fn=prompt, stop_token_ids=[tok.eos_token_id])["demo"]
+    summary = evaluate_policy(policy, {"demo": records}, opts, pool=pool, workdir=out_dir)["demo"]
     difficulty = {r["id"]: r["difficulty"] for r in records}
     per: dict[str, list[float]] = {}
     with open(os.path.join(out_dir, "demo", "responses.jsonl")) as f:
         for line in f:
             row = json.loads(line)
             per.setdefault(str(difficulty[row["id"]]), []).append(float(row["reward"] >= 1.0))
-    greedy = pass_at_1(cfg, params, tok, records, greedy=True, max_new_tokens=d.eval_max_new_tokens, pool=pool)
+    greedy = pass_at_1(policy, records, greedy=True, max_new_tokens=d.eval_max_new_tokens, pool=pool)
     return {"pass@1": summary["pass@1"], "greedy_accuracy": greedy.pass_at_1,
             "by_difficulty": {k: sum(v) / len(v) for k, v in sorted(per.items())}}
 
@@ -118,17 +116,17 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with config.unlocked():
         config.eval.benchmarks = f"demo={eval_file}"
     with RewardPool(config.rewards.to_dict(), num_workers=config.reward_workers) as pool:
-        before = _evaluate(cfg, params["warm-start"], tok, splits["eval"], config, pool, workdir, "step_0")
+        before = _evaluate(demo_policy(cfg, params["warm-start"], tok), splits["eval"], config, pool, workdir,
+                           "step_0")
     print(f"held-out Pass@1 after the warm start: {before['pass@1']:.3f} (greedy {before['greedy_accuracy']:.3f})")
 
     levelled = _score(config, tok, splits["rl"], dirs, workdir)
-    trainer = Trainer(config, workdir, records=levelled, tokenizer=tok, model=(cfg, params["warm-start"]),
-                      tokenize_fn=lambda r: tok.format_prompt(r["problem"]))
+    trainer = Trainer(config, workdir, records=levelled, policy=demo_policy(cfg, params["warm-start"], tok))
     try:
         trainer.run()
         final = jax.device_get(trainer.state["params"])
         with RewardPool(config.rewards.to_dict(), num_workers=config.reward_workers) as pool:
-            after = _evaluate(cfg, final, tok, splits["eval"], config, pool, workdir,
+            after = _evaluate(demo_policy(cfg, final, tok), splits["eval"], config, pool, workdir,
                               f"final_step_{int(trainer.state['step'])}")
         stages = trainer.curriculum.state_dict()
     finally:

@@ -15,9 +15,10 @@ from dsrl_jax.models import qwen2
 from dsrl_jax.models.config import Qwen2Config
 
 
-def _chunk_stats(h, w, targets):
-    """h [B, C, E], w [E, V], targets [B, C] -> log p(target), entropy; both [B, C] fp32."""
-    logits = jnp.einsum("bce,ev->bcv", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+def _chunk_stats(h, w, targets, temperature):
+    """h [B, C, E], w [E, V], targets [B, C] -> log p(target), entropy of softmax(logits / T);
+    both [B, C] fp32."""
+    logits = jnp.einsum("bce,ev->bcv", h, w.astype(h.dtype), preferred_element_type=jnp.float32) / temperature
     lse = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     probs = jnp.exp(logits - lse[..., None])
@@ -25,8 +26,11 @@ def _chunk_stats(h, w, targets):
     return target_logit - lse, entropy
 
 
-def completion_logprobs(cfg: Qwen2Config, params, tokens, kv_mask, prompt_len: int, chunk: int = 512):
-    """Log-probs and entropies [B, M] of the completion tokens.
+def completion_logprobs(cfg: Qwen2Config, params, tokens, kv_mask, prompt_len: int, chunk: int = 512,
+                        temperature: float = 1.0):
+    """Log-probs and entropies [B, M] of the completion tokens under softmax(logits / temperature):
+    the distribution the rollout drew them from (top-p / top-k only truncate it), so the
+    update's ratios, KL and entropy are those of the sampling policy.
 
     tokens [B, P + M]: left-padded prompts (P = prompt_len) followed by completions.
     kv_mask [B, P + M]: real tokens (prompt padding False). Position P - 1 + t predicts
@@ -45,5 +49,6 @@ def completion_logprobs(cfg: Qwen2Config, params, tokens, kv_mask, prompt_len: i
     hs = h.reshape(b, m // c, c, e).swapaxes(0, 1)
     ts = targets.reshape(b, m // c, c).swapaxes(0, 1)
     stats = jax.checkpoint(_chunk_stats)
-    _, (lp, ent) = jax.lax.scan(lambda carry, x: (carry, stats(x[0], w, x[1])), None, (hs, ts))
+    t = jnp.float32(temperature)
+    _, (lp, ent) = jax.lax.scan(lambda carry, x: (carry, stats(x[0], w, x[1], t)), None, (hs, ts))
     return lp.swapaxes(0, 1).reshape(b, m), ent.swapaxes(0, 1).reshape(b, m)

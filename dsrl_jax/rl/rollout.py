@@ -1,6 +1,7 @@
-"""Rollouts: sample groups, score them in reward workers, assemble the training batch.
+"""Groups of a rollout and the training batch they make.
 
-A `Group` is one prompt with its G sampled completions and their rewards (host numpy).
+`dsrl_jax.policy.rollout` samples, decodes and grades; here a `Group` is one prompt with
+its G sampled completions and their rewards (host numpy).
 `assemble` pads a list of groups into the fixed-shape arrays the update consumes:
 
     tokens [N, P + M]   left-padded prompt (P, bucketed) then the completion (M, bucketed)
@@ -11,13 +12,13 @@ A `Group` is one prompt with its G sampled completions and their rewards (host n
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax
 import numpy as np
 
+from dsrl_jax.policy import Rollout
 from dsrl_jax.rl import grpo
-from dsrl_jax.sampling import FINISH_LENGTH, SampleOptions, SampleOutput, Sampler, bucket
+from dsrl_jax.sampling import bucket
 
 
 @dataclasses.dataclass
@@ -36,54 +37,18 @@ class Group:
         return float(self.rewards.max()) > float(self.rewards.min())
 
 
-def _sample_in_chunks(sampler, params, prompts, key, opts, chunk):
-    """Samples `chunk` prompts per call (KV caches of long rollouts do not fit at once)."""
-    chunk = chunk or len(prompts)
-    outs = [sampler.sample(params, prompts[i:i + chunk], jax.random.fold_in(key, i), opts)
-            for i in range(0, len(prompts), chunk)]
-    if len(outs) == 1:
-        return outs[0]
-    width = max(o.tokens.shape[1] for o in outs)
-    pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])))
-    return SampleOutput(np.concatenate([pad(o.tokens) for o in outs]), np.concatenate([pad(o.logprobs) for o in outs]),
-                        np.concatenate([o.lengths for o in outs]), np.concatenate([o.finish_reason for o in outs]))
+def groups_of(ro: Rollout) -> list[Group]:
+    """One Group per prompt of a graded Rollout."""
+    g = ro.n
+    return [Group(rec, ro.prompt_ids[i], ro.tokens[i * g:(i + 1) * g], ro.lengths[i * g:(i + 1) * g],
+                  ro.truncated[i * g:(i + 1) * g], ro.rewards[i * g:(i + 1) * g], ro.infos[i * g:(i + 1) * g],
+                  ro.texts[i * g:(i + 1) * g])
+            for i, rec in enumerate(ro.records)]
 
 
-def sample_groups(sampler: Sampler, params, batch, key, opts: SampleOptions, tokenizer, pool,
-                  response_prefix=lambda ids: "", prompts_per_call: int = 0) -> tuple[list[Group], dict, object]:
-    """Samples a PromptBatch and submits the responses to the reward pool.
-
-    Returns (groups without rewards yet, generation metrics, a finisher): call
-    `finish()` to wait for the rewards and fill them in. In between the caller may run
-    device work (reference log-probs) while the workers grade.
-    """
-    prompts, records = batch.unique_prompts(), batch.unique_records()
-    g = opts.n
-    t0 = time.perf_counter()
-    out = _sample_in_chunks(sampler, params, prompts, key, opts, prompts_per_call)
-    gen_time = time.perf_counter() - t0
-    texts = []
-    for row in range(len(prompts) * g):
-        prefix = response_prefix(prompts[row // g])
-        texts.append(prefix + tokenizer.decode(out.completion(row), skip_special_tokens=True))
-    handle = pool.submit(texts, [records[row // g] for row in range(len(texts))])
-    groups = []
-    for i, (p, r) in enumerate(zip(prompts, records)):
-        rows = slice(i * g, (i + 1) * g)
-        groups.append(Group(r, list(p), out.tokens[rows], out.lengths[rows],
-                            out.finish_reason[rows] == FINISH_LENGTH, np.zeros(g, np.float32), [],
-                            texts[rows]))
-    metrics = {"time/generate": gen_time, "perf/gen_tokens_per_s": float(out.lengths.sum()) / max(gen_time, 1e-9)}
-
-    def finish():
-        results = handle.result()
-        for i, grp in enumerate(groups):
-            res = results[i * g:(i + 1) * g]
-            grp.rewards = np.asarray([x.score for x in res], np.float32)
-            grp.infos = [x.info for x in res]
-        return groups
-
-    return groups, metrics, finish
+def generation_metrics(ro: Rollout) -> dict:
+    return {"time/generate": ro.seconds,
+            "perf/gen_tokens_per_s": float(ro.lengths.sum()) / max(ro.seconds, 1e-9)}
 
 
 def rollout_metrics(groups: list[Group]) -> dict:

@@ -17,8 +17,10 @@ checkpoint and continues bit-for-bit (RNG, data order and curriculum state are s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Callable
 
@@ -29,11 +31,12 @@ import numpy as np
 from tqdm import tqdm
 
 from dsrl_jax import parallel
+from dsrl_jax import policy as policy_lib
 from dsrl_jax.checkpoint import Checkpointer, abstract_like
 from dsrl_jax.data.pipeline import PromptPipeline
-from dsrl_jax.data.prompts import make_tokenize_fn
 from dsrl_jax.metrics import MetricsWriter, Timer
 from dsrl_jax.models import hf, qwen2
+from dsrl_jax.policy import Policy, load_policy
 from dsrl_jax.rewards import RewardPool
 from dsrl_jax.rl import rollout, update
 from dsrl_jax.rl.curriculum import Curriculum
@@ -48,36 +51,11 @@ def _merged(base: ml_collections.ConfigDict, overrides) -> ml_collections.Config
     return out
 
 
-def load_model(model_cfg, mesh, rules):
-    """(Qwen2Config, params sharded on the mesh, tokenizer or None, model dir or None)."""
-    options = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, scan_layers=model_cfg.scan_layers,
-                   remat=model_cfg.remat, attention_impl=model_cfg.attention_impl)
-    if model_cfg.init.startswith("preset:"):
-        from dsrl_jax.models.config import preset
-
-        cfg = preset(model_cfg.init.split(":", 1)[1], **options)
-        shardings = parallel.param_shardings(qwen2.logical_axes(cfg), qwen2.abstract_params(cfg), mesh, rules)
-        params = jax.jit(lambda: qwen2.init_params(cfg, 0), out_shardings=shardings)()
-        model_dir = None
-    else:
-        model_dir = hf.resolve(model_cfg.init)
-        from dsrl_jax.models.config import Qwen2Config
-
-        cfg = Qwen2Config.from_file(model_dir, **options)
-        shardings = parallel.param_shardings(qwen2.logical_axes(cfg), qwen2.abstract_params(cfg), mesh, rules)
-        _, params = hf.load_params(model_dir, cfg, shardings)
-    tok_src = model_cfg.tokenizer or model_dir
-    tokenizer = hf.load_tokenizer(tok_src) if tok_src else None
-    return cfg, params, tokenizer, model_dir
-
-
 class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, records: list[dict] | None = None,
-                 tokenizer=None, model: tuple | None = None, response_prefix: Callable | None = None,
-                 tokenize_fn: Callable | None = None):
-        """`records`, `tokenizer`, `model` (cfg, params) and `tokenize_fn` (record -> prompt
-        ids) replace what the config would build (the demo passes its synthetic task,
-        character tokenizer, warm start and prompt format)."""
+                 policy: Policy | None = None):
+        """`records` replace the config's data sources and `policy` the one `config.model`
+        names (the demo passes its synthetic problems and its warm-started policy)."""
         from dsrl_jax.validate import validate_config
 
         validate_config(config, check_files=records is None)
@@ -85,21 +63,20 @@ class Trainer:
         os.makedirs(workdir, exist_ok=True)
         self.rules = config.sharding_rules.to_dict()
         self.mesh = parallel.make_mesh(config.mesh.to_dict())
-        self.model_dir = None
-        if model is None:
-            self.cfg, params, loaded_tok, self.model_dir = load_model(config.model, self.mesh, self.rules)
-            tokenizer = tokenizer or loaded_tok
-        else:
-            self.cfg, params = model
-            shardings = parallel.param_shardings(qwen2.logical_axes(self.cfg), qwen2.abstract_params(self.cfg),
+        if policy is None:
+            m = config.model
+            policy = load_policy(m.init, self.mesh, self.rules, tokenizer=m.tokenizer or None,
+                                 prompt_mode=config.data.prompt_mode, plain_template=config.data.plain_template,
+                                 dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat=m.remat,
+                                 attention_impl=m.attention_impl)
+        else:  # the caller's parameters, placed on this mesh
+            shardings = parallel.param_shardings(qwen2.logical_axes(policy.cfg), qwen2.abstract_params(policy.cfg),
                                                  self.mesh, self.rules)
-            params = jax.device_put(params, shardings)
-        if tokenizer is None:
-            raise ValueError("model.tokenizer: no tokenizer (set model.tokenizer or give one)")
-        self.tokenizer = tokenizer
+            policy = dataclasses.replace(policy, params=jax.device_put(policy.params, shardings), mesh=self.mesh,
+                                         rules=self.rules)
+        self.policy, self.cfg, self.tokenizer = policy, policy.cfg, policy.tokenizer
+        params = policy.params
         self.records = records if records is not None else self._load_records()
-        self.response_prefix = response_prefix or self._think_prefix
-        self.tokenize_fn = tokenize_fn
         self.curriculum = Curriculum(config.curriculum.stages)
         self.tx, self.schedule = update.make_optimizer(config.optim)
         state = update.init_state(params, self.tx, jax.random.key(config.seed))
@@ -134,11 +111,6 @@ class Trainer:
                 print(str(r))
         return records
 
-    def _think_prefix(self, prompt_ids) -> str:
-        """R1-style templates open the reasoning in the prompt; the grader needs to see it."""
-        tail = self.tokenizer.decode(prompt_ids[-3:], skip_special_tokens=False)
-        return "<think>\n" if tail.rstrip().endswith("<think>") else ""
-
     def _loss_cfg(self, stage) -> ml_collections.ConfigDict:
         return _merged(self.config.loss, dict(stage.get("loss") or {}))
 
@@ -147,12 +119,10 @@ class Trainer:
         data = stage.data
         plain = lambda x: x.to_dict() if hasattr(x, "to_dict") else x
         select = {"levels": plain(data.levels), "domains": data.domains}
-        tokenize = self.tokenize_fn or make_tokenize_fn(self.tokenizer, self.config.data.prompt_mode,
-                                                        plain_template=self.config.data.plain_template)
         self.pipeline = PromptPipeline(
             self.records, select=select, mixture=data.mixture.to_dict() if data.mixture else None,
             batch_prompts=self.config.rollout.batch_prompts, group_size=self.config.rollout.group_size,
-            max_prompt_len=stage.max_prompt_len, tokenize_fn=tokenize,
+            max_prompt_len=stage.max_prompt_len, tokenize_fn=self.policy.prompt_fn,
             seed=self.config.data.seed + 1000 * self.curriculum.stage_index)
 
     def _maybe_resume(self) -> int | None:
@@ -177,26 +147,29 @@ class Trainer:
             json.dump(self.cfg.to_hf(), f, indent=2)
         if hasattr(self.tokenizer, "save_pretrained"):
             self.tokenizer.save_pretrained(os.path.join(self.workdir, "tokenizer"))
+        gen_cfg = os.path.join(self.policy.model_dir or "", "generation_config.json")
+        if self.policy.model_dir and os.path.exists(gen_cfg):  # its stop ids, for load_policy(workdir)
+            shutil.copyfile(gen_cfg, os.path.join(self.workdir, "generation_config.json"))
 
     # -- one step --------------------------------------------------------------------------
     def _sample_options(self, stage) -> SampleOptions:
         r = _merged(self.config.rollout, dict(stage.get("sampling") or {}))
-        stops = tuple(hf.stop_token_ids(self.tokenizer, self.model_dir))
-        return SampleOptions(max_new_tokens=stage.max_response_len, temperature=r.temperature, top_p=r.top_p,
-                             top_k=r.top_k, n=r.group_size, stop_token_ids=stops, cache_dtype=r.cache_dtype,
-                             pad_token_id=self.tokenizer.pad_token_id or 0)
+        return self.policy.sample_options(max_new_tokens=stage.max_response_len, temperature=r.temperature,
+                                          top_p=r.top_p, top_k=r.top_k, n=r.group_size, cache_dtype=r.cache_dtype)
 
     def _rollout(self, stage, key, timer: Timer):
         """Groups for one update (dynamic sampling refills from further prompt batches)."""
         opts, r = self._sample_options(stage), self.config.rollout
         kept, all_groups, gen = [], [], {}
         for attempt in range(1 + (r.max_refill_batches if r.dynamic_sampling else 0)):
+            batch = next(self.pipeline)
             with timer.phase("rollout"):
-                groups, gen, finish = rollout.sample_groups(
-                    self.sampler, self.state["params"], next(self.pipeline), jax.random.fold_in(key, attempt),
-                    opts, self.tokenizer, self.pool, self.response_prefix, r.prompts_per_sample_call)
+                ro = policy_lib.rollout(self.policy, self.sampler, batch.unique_records(), jax.random.fold_in(key, attempt),
+                                        opts, self.pool, params=self.state["params"],
+                                        prompt_ids=batch.unique_prompts(), rows_per_call=r.prompts_per_sample_call)
             with timer.phase("rewards_wait"):
-                groups = finish()
+                groups = rollout.groups_of(ro.wait())
+            gen = rollout.generation_metrics(ro)
             all_groups += groups
             kept += [g for g in groups if g.has_variance] if r.dynamic_sampling else groups
             if len(kept) >= r.batch_prompts:
@@ -205,13 +178,13 @@ class Trainer:
         metrics["dynamic_sampling/kept_groups"] = len(kept[: r.batch_prompts])
         return kept[: r.batch_prompts] or all_groups[:1], metrics
 
-    def _step_fn(self, stage_index, loss_cfg, prompt_len, example):
-        key = (stage_index, prompt_len, jax.tree.map(lambda x: x.shape, example)["tokens"])
+    def _step_fn(self, stage_index, loss_cfg, prompt_len, example, temperature):
+        key = (stage_index, prompt_len, jax.tree.map(lambda x: x.shape, example)["tokens"], temperature)
         if key not in self._steps_cache:
             batch_axes = parallel.batch_sharding(self.mesh, 1, self.rules).spec[0]
             shard_tree = update.batch_shardings(self.mesh, batch_axes, example)
             fn = update.make_train_step(self.cfg, loss_cfg, self.tx, self.state_shardings, shard_tree, prompt_len,
-                                        self.config.train.logprob_chunk)
+                                        self.config.train.logprob_chunk, temperature)
             self._steps_cache[key] = (fn, shard_tree)
         return self._steps_cache[key]
 
@@ -236,6 +209,8 @@ class Trainer:
         key = jax.random.fold_in(self.state["rng"], step)
         loss_cfg, timer, c = self._loss_cfg(stage), Timer(), self.config
         groups, metrics = self._rollout(stage, key, timer)
+        # The update scores tokens under the distribution they were drawn from: logits / T.
+        temperature = float(self._sample_options(stage).temperature)
         batch = rollout.assemble(groups, c.rollout.batch_prompts, loss_cfg.adv_std_mode, loss_cfg.adv_eps,
                                  max_prompt_len=stage.max_prompt_len, max_response_len=stage.max_response_len)
         prompt_len = batch.pop("prompt_len")
@@ -245,7 +220,7 @@ class Trainer:
         multi_update = c.train.epochs_per_batch > 1 or mini < n
         with timer.phase("logprobs"):  # old / reference policy, no gradients
             if multi_update or (loss_cfg.kl_coef and self.ref_params is not None):
-                lp_fn = update.make_logprob_fn(self.cfg, prompt_len, c.train.logprob_chunk)
+                lp_fn = update.make_logprob_fn(self.cfg, prompt_len, c.train.logprob_chunk, temperature)
                 if multi_update:
                     batch["old_logprobs"] = self._logprobs(lp_fn, self.state["params"], batch, micro)
                 if loss_cfg.kl_coef:
@@ -259,7 +234,7 @@ class Trainer:
                     mb["normalizer"] = np.asarray(
                         jax.device_get(update.grpo.loss_normalizer(
                             flat_mask, mb["truncated"].reshape(-1), loss_cfg)), np.float32)
-                    fn, shard_tree = self._step_fn(self.curriculum.stage_index, loss_cfg, prompt_len, mb)
+                    fn, shard_tree = self._step_fn(self.curriculum.stage_index, loss_cfg, prompt_len, mb, temperature)
                     self.state, m = fn(self.state, rollout.to_device(mb, shard_tree))
                     update_metrics.append(m)
             update_metrics = jax.device_get(update_metrics)
@@ -319,16 +294,14 @@ class Trainer:
         from dsrl_jax.evaluate import evaluate_policy, metrics_for_logging
 
         step = int(self.state["step"])
-        stops = hf.stop_token_ids(self.tokenizer, self.model_dir)
-        summary = evaluate_policy(self.cfg, self.state["params"], self.tokenizer, self.config.eval.benchmarks,
-                                  self.config.eval, sampler=self.sampler, pool=self.pool, stop_token_ids=stops,
-                                  workdir=os.path.join(self.workdir, "evals", f"step_{step}"),
-                                  prompt_fn=self.tokenize_fn)
+        summary = evaluate_policy(self.policy, self.config.eval.benchmarks, self.config.eval,
+                                  params=self.state["params"], sampler=self.sampler, pool=self.pool,
+                                  workdir=os.path.join(self.workdir, "evals", f"step_{step}"))
         return metrics_for_logging(summary)
 
     def export_hf(self, out_dir: str | None = None):
         out_dir = out_dir or os.path.join(self.workdir, "hf")
-        hf.save_params(out_dir, self.cfg, self.state["params"], tokenizer_dir=self.model_dir)
+        hf.save_params(out_dir, self.cfg, self.state["params"], tokenizer_dir=self.policy.model_dir)
         return out_dir
 
     def close(self):

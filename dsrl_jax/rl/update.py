@@ -98,8 +98,8 @@ def batch_shardings(mesh, batch_axes, example: dict) -> dict:
     return jax.tree.map(one, example)
 
 
-def _micro_loss(params, mb, *, cfg, loss_cfg, prompt_len, chunk, normalizer):
-    lp, ent = completion_logprobs(cfg, params, mb["tokens"], mb["kv_mask"], prompt_len, chunk)
+def _micro_loss(params, mb, *, cfg, loss_cfg, prompt_len, chunk, normalizer, temperature):
+    lp, ent = completion_logprobs(cfg, params, mb["tokens"], mb["kv_mask"], prompt_len, chunk, temperature)
     loss, metrics = grpo.grpo_loss(
         lp, mb.get("old_logprobs"), mb.get("ref_logprobs"), mb["advantages"], mb["loss_mask"],
         mb["truncated"], ent, loss_cfg, normalizer=normalizer)
@@ -109,7 +109,8 @@ def _micro_loss(params, mb, *, cfg, loss_cfg, prompt_len, chunk, normalizer):
 _SUMMED_METRICS = ("loss", "pg_loss", "kl", "entropy", "num_tokens")
 
 
-def train_step(state: dict, batch: dict, *, cfg: Qwen2Config, loss_cfg, tx, prompt_len: int, chunk: int):
+def train_step(state: dict, batch: dict, *, cfg: Qwen2Config, loss_cfg, tx, prompt_len: int, chunk: int,
+               temperature: float = 1.0):
     params = state["params"]
     normalizer = batch["normalizer"]
     micro = {k: v for k, v in batch.items() if k != "normalizer"}
@@ -118,7 +119,7 @@ def train_step(state: dict, batch: dict, *, cfg: Qwen2Config, loss_cfg, tx, prom
     def body(carry, mb):
         grads, loss_sum, metric_sums = carry
         (loss, metrics), g = grad_fn(params, mb, cfg=cfg, loss_cfg=loss_cfg, prompt_len=prompt_len,
-                                     chunk=chunk, normalizer=normalizer)
+                                     chunk=chunk, normalizer=normalizer, temperature=temperature)
         # Loss terms are already divided by the whole mini-batch's normalizer: they add up.
         # The rest (clip fractions, ratios) are per-micro-batch means: token-weighted.
         w = metrics["num_tokens"]
@@ -128,7 +129,7 @@ def train_step(state: dict, batch: dict, *, cfg: Qwen2Config, loss_cfg, tx, prom
     first = jax.tree.map(lambda x: x[0], micro)
     metric_shapes = jax.eval_shape(
         lambda: _micro_loss(params, first, cfg=cfg, loss_cfg=loss_cfg, prompt_len=prompt_len, chunk=chunk,
-                            normalizer=normalizer)[1])
+                            normalizer=normalizer, temperature=temperature)[1])
     zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32),
              {k: jnp.zeros(v.shape, v.dtype) for k, v in metric_shapes.items()})
     (grads, loss, sums), _ = jax.lax.scan(body, zeros, micro)
@@ -147,16 +148,19 @@ def train_step(state: dict, batch: dict, *, cfg: Qwen2Config, loss_cfg, tx, prom
     return new_state, metrics
 
 
-def make_train_step(cfg, loss_cfg, tx, state_shardings, batch_sharding_tree, prompt_len, chunk):
-    """The jitted update with explicit in/out shardings; the state is donated."""
+def make_train_step(cfg, loss_cfg, tx, state_shardings, batch_sharding_tree, prompt_len, chunk,
+                    temperature: float = 1.0):
+    """The jitted update with explicit in/out shardings; the state is donated. Log-probs are
+    those of softmax(logits / temperature), the rollout's sampling distribution."""
     step = lambda state, batch: train_step(state, batch, cfg=cfg, loss_cfg=loss_cfg, tx=tx,
-                                           prompt_len=prompt_len, chunk=chunk)
+                                           prompt_len=prompt_len, chunk=chunk, temperature=temperature)
     return jax.jit(step, in_shardings=(state_shardings, batch_sharding_tree),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=64)
-def make_logprob_fn(cfg, prompt_len, chunk):
-    """Jitted [N, M] completion log-probs, no gradients (old / reference policy). Cached:
-    a fresh jit per training step would recompile every step."""
-    return jax.jit(lambda params, tokens, kv_mask: completion_logprobs(cfg, params, tokens, kv_mask, prompt_len, chunk)[0])
+def make_logprob_fn(cfg, prompt_len, chunk, temperature: float = 1.0):
+    """Jitted [N, M] completion log-probs of softmax(logits / temperature), no gradients
+    (old / reference policy). Cached: a fresh jit per training step would recompile."""
+    return jax.jit(lambda params, tokens, kv_mask: completion_logprobs(cfg, params, tokens, kv_mask, prompt_len,
+                                                                       chunk, temperature)[0])

@@ -83,8 +83,8 @@ def test_pass_at_1_reports_overall_and_per_difficulty():
     tok = CharTokenizer()
     cfg = demo_model_config(tok.vocab_size)
     records = make_split(4, 0, (1, 2))
-    from dsrl_jax.demo import pass_at_1
+    from dsrl_jax.demo import demo_policy, pass_at_1
 
-    res = pass_at_1(cfg, qwen2.init_params(cfg, 0), tok, records, n=2, max_new_tokens=8, seed=0)
+    res = pass_at_1(demo_policy(cfg, qwen2.init_params(cfg, 0), tok), records, n=2, max_new_tokens=8, seed=0)
     assert 0.0 <= float(res) <= 1.0 and set(res.by_difficulty) == {1, 2}
     assert len(res.responses) == 8

@@ -69,6 +69,7 @@ def main():
     import jax
     import numpy as np
 
+    from dsrl_jax.demo.evaluate import demo_policy
     from dsrl_jax.demo.task import make_split
     from dsrl_jax.demo.tokenizer import CharTokenizer
     from dsrl_jax.models import qwen2
@@ -83,9 +84,9 @@ def main():
 
     tokenizer = CharTokenizer()
     cfg = preset("tiny", vocab_size=tokenizer.vocab_size, dtype="float32")
-    model = (cfg, qwen2.init_params(cfg, 0))
+    policy = demo_policy(cfg, qwen2.init_params(cfg, 0), tokenizer)
     records = make_split(16, seed=0, difficulties=(1, 2))
-    trainer = Trainer(make_config(args.steps), args.workdir, records=records, tokenizer=tokenizer, model=model)
+    trainer = Trainer(make_config(args.steps), args.workdir, records=records, policy=policy)
     on_step = (lambda t, step, m: (print(f"STEP {step}", flush=True), time.sleep(args.step_sleep)))
     try:
         trainer.run(on_step=on_step)
