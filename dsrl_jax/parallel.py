@@ -144,6 +144,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def to_global(x, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host array that every process holds in full -> a global array in `sharding`.
+    (`jax.device_put` refuses a process-local value for devices of other processes; each
+    process here hands over just the shards its own devices hold.)"""
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(x) -> np.ndarray:
+    """A (possibly multi-process) array in full on every host, as numpy."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> None:
     """`jax.distributed.initialize` for multi-host runs (TPU pods, multi-node GPU, or

@@ -221,12 +221,12 @@ class Sampler:
         sharding = self.input_sharding(tokens.shape[0])
         with parallel.activation_sharding(self.mesh, self.rules):  # read while tracing
             out = self._generate(
-                params, jax.device_put(tokens, sharding), jax.device_put(mask, sharding), rng,
+                params, parallel.to_global(tokens, sharding), parallel.to_global(mask, sharding), rng,
                 jnp.int32(opts.max_new_tokens), jnp.float32(opts.temperature), jnp.float32(opts.top_p),
                 max_new_bucket=self.new_tokens_bucket(opts.max_new_tokens), opts=_static(opts),
             )
         rows = len(prompts) * opts.n
-        toks, lps, lens, fin = (np.asarray(x)[:rows] for x in out)
+        toks, lps, lens, fin = (parallel.to_host(x)[:rows] for x in out)
         return SampleOutput(toks[:, : opts.max_new_tokens], lps[:, : opts.max_new_tokens], lens, fin)
 
     def compiled_programs(self) -> int:

@@ -16,6 +16,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from dsrl_jax import parallel
 from dsrl_jax.policy import Rollout
 from dsrl_jax.rl import grpo
 from dsrl_jax.sampling import bucket
@@ -114,4 +115,5 @@ def minibatches(batch: dict, mini_batch: int, micro_batch: int, rng: np.random.G
 
 
 def to_device(tree, shardings):
-    return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
+    """Host arrays (the same on every process) -> global arrays in `shardings`."""
+    return jax.tree.map(parallel.to_global, tree, shardings)

@@ -72,8 +72,8 @@ class Trainer:
         else:  # the caller's parameters, placed on this mesh
             shardings = parallel.param_shardings(qwen2.logical_axes(policy.cfg), qwen2.abstract_params(policy.cfg),
                                                  self.mesh, self.rules)
-            policy = dataclasses.replace(policy, params=jax.device_put(policy.params, shardings), mesh=self.mesh,
-                                         rules=self.rules)
+            params = jax.tree.map(lambda x, sh: parallel.to_global(np.asarray(x), sh), policy.params, shardings)
+            policy = dataclasses.replace(policy, params=params, mesh=self.mesh, rules=self.rules)
         self.policy, self.cfg, self.tokenizer = policy, policy.cfg, policy.tokenizer
         params = policy.params
         self.records = records if records is not None else self._load_records()
@@ -199,9 +199,9 @@ class Trainer:
         """[N, M] log-probs, `rows` sequences (one micro-batch) per call."""
         sharding = parallel.batch_sharding(self.mesh, 2, self.rules)
         n = batch["tokens"].shape[0]
-        out = [fn(params, *(jax.device_put(batch[k][i:i + rows], sharding) for k in ("tokens", "kv_mask")))
+        out = [fn(params, *(parallel.to_global(batch[k][i:i + rows], sharding) for k in ("tokens", "kv_mask")))
                for i in range(0, n, rows)]
-        return np.concatenate([np.asarray(x) for x in out])
+        return np.concatenate([parallel.to_host(x) for x in out])
 
     def _train_step(self) -> dict:
         stage = self.curriculum.stage

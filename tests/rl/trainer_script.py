@@ -1,6 +1,10 @@
 """A small, real GRPO run for the kill-and-resume tests (tests/rl/test_trainer.py).
 
-    python tests/rl/trainer_script.py WORKDIR [--steps 6] [--step_sleep 0.5]
+    python tests/rl/trainer_script.py WORKDIR [--steps 6] [--step_sleep 0.5] [--mesh data=2,fsdp=2,tensor=2]
+
+With DSRL_COORDINATOR / DSRL_NUM_PROCESSES / DSRL_PROCESS_ID set it joins a multi-process
+run (`parallel.initialize_distributed`); XLA_FLAGS from the environment sets the number of
+fake CPU devices of each process.
 
 Builds a Trainer from configs/base.py with a tiny random Qwen2 over the demo's character
 tokenizer, synthetic arithmetic records, two curriculum stages (the second masks truncated
@@ -32,7 +36,7 @@ def digit_fraction(response: str, record: dict, **_) -> RewardResult:
     return RewardResult(sum(c.isdigit() for c in response) / max(len(response), 1), {})
 
 
-def make_config(steps: int):
+def make_config(steps: int, mesh: dict | None = None, micro_batch: int = 2):
     from configs import base
 
     c = base.get_config()
@@ -40,12 +44,12 @@ def make_config(steps: int):
     c.total_steps = steps
     c.model.init = "preset:tiny"  # the model itself is passed to the Trainer
     c.model.dtype = "float32"
-    c.mesh.fsdp = 2
+    c.mesh.update(mesh or {"fsdp": 2})
     c.rollout.batch_prompts = 2
     c.rollout.group_size = 4
     c.rollout.cache_dtype = "float32"
     c.train.mini_batch_size = 4  # two updates per step (old log-probs, shuffled mini-batches)
-    c.train.micro_batch_size = 2  # two micro-batches per update
+    c.train.micro_batch_size = micro_batch  # two micro-batches per update (by default)
     c.optim.lr = 1e-3  # large enough that every step visibly moves the parameters
     c.rewards = {"math": [{"name": "digit_fraction", "weight": 1.0}]}
     c.reward_workers = 1
@@ -80,21 +84,29 @@ def main():
     parser.add_argument("workdir")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--step_sleep", type=float, default=0.0, help="seconds to idle after each step")
+    parser.add_argument("--mesh", default="fsdp=2", help="mesh axes, e.g. data=2,fsdp=2,tensor=2")
+    parser.add_argument("--micro_batch", type=int, default=2, help="sequences per micro-batch")
     args = parser.parse_args()
+    from dsrl_jax import parallel
+
+    if os.environ.get("DSRL_NUM_PROCESSES"):
+        parallel.initialize_distributed()
+    mesh = {k: int(v) for k, v in (item.split("=") for item in args.mesh.split(","))}
 
     tokenizer = CharTokenizer()
     cfg = preset("tiny", vocab_size=tokenizer.vocab_size, dtype="float32")
     policy = demo_policy(cfg, qwen2.init_params(cfg, 0), tokenizer)
     records = make_split(16, seed=0, difficulties=(1, 2))
-    trainer = Trainer(make_config(args.steps), args.workdir, records=records, policy=policy)
+    trainer = Trainer(make_config(args.steps, mesh, args.micro_batch), args.workdir, records=records, policy=policy)
     on_step = (lambda t, step, m: (print(f"STEP {step}", flush=True), time.sleep(args.step_sleep)))
     try:
         trainer.run(on_step=on_step)
     finally:
         trainer.close()
-    flat = jax.tree_util.tree_flatten_with_path(jax.device_get(trainer.state["params"]))[0]
+    flat = jax.tree_util.tree_flatten_with_path(jax.tree.map(parallel.to_host, trainer.state["params"]))[0]
     arrays = {jax.tree_util.keystr(path): np.asarray(x) for path, x in flat}
-    np.savez(os.path.join(args.workdir, "final_params.npz"), **arrays)
+    if jax.process_index() == 0:
+        np.savez(os.path.join(args.workdir, "final_params.npz"), **arrays)
     digest = hashlib.sha256()
     for name in sorted(arrays):
         digest.update(name.encode())
