@@ -83,10 +83,13 @@ class Policy:
         return decode(self.tokenizer, ids)
 
     def sample_options(self, **options) -> SampleOptions:
-        """SampleOptions with this policy's stop ids and pad id (any field overridable)."""
+        """SampleOptions with this policy's stop ids and pad id (any field overridable);
+        temperature 0 means greedy decoding."""
         pad = getattr(self.tokenizer, "pad_token_id", None)
-        defaults = dict(stop_token_ids=self.stop_ids, pad_token_id=int(pad or 0))
-        return SampleOptions(**{**defaults, **options})
+        options = {"stop_token_ids": self.stop_ids, "pad_token_id": int(pad or 0), **options}
+        if options.get("temperature", 1.0) == 0:
+            options.update(greedy=True, temperature=1.0)
+        return SampleOptions(**options)
 
     def with_params(self, params) -> "Policy":
         return dataclasses.replace(self, params=params)
@@ -185,8 +188,23 @@ def load_policy(spec: str, mesh: jax.sharding.Mesh | None = None, rules: dict | 
         tokenizer = hf.load_tokenizer(tokenizer)
     if prompt_fn is None:
         prompt_fn = lambda record: format_prompt(record, tokenizer, prompt_mode, plain_template=plain_template)  # noqa: E731
-    return Policy(cfg, params, tokenizer, default_stop_ids(cfg, tokenizer, model_dir), prompt_fn, mesh, rules,
-                  model_dir, spec)
+    policy = Policy(cfg, params, tokenizer, default_stop_ids(cfg, tokenizer, model_dir), prompt_fn, mesh, rules,
+                    model_dir, spec)
+    if jax.process_index() == 0:
+        print(f"policy {spec}: {describe_placement(params, mesh)}", flush=True)
+    return policy
+
+
+def describe_placement(params, mesh) -> str:
+    """"N params on mesh {...}, X MiB per device (largest device)"."""
+    leaves = jax.tree.leaves(params)
+    per_device: dict = {}
+    for x in leaves:
+        for shard in x.addressable_shards:
+            per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+    total = sum(int(np.prod(x.shape)) for x in leaves)
+    shape = {k: int(v) for k, v in mesh.shape.items()}
+    return f"{total:,} params on mesh {shape}, {max(per_device.values()) / 2**20:.2f} MiB per device"
 
 
 # ---- the rollout ----------------------------------------------------------------------------
