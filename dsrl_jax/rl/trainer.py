@@ -5,8 +5,9 @@
 One step, as in the paper's method:
   1. take a batch of prompts from the current stage's pipeline (levels, domains, mixture);
   2. sample `group_size` completions per prompt with the jitted sampler, on the same
-     device arrays the update trains (no host round-trip of parameters);
-  3. grade them in reward worker processes while the device computes reference log-probs;
+     device arrays the update trains (no host round-trip of parameters), through
+     `dsrl_jax.policy.rollout`, the path scoring and evaluation use too;
+  3. grade them in reward worker processes (each process grades its share of the rows);
   4. group-relative advantages; optionally drop all-equal groups and refill (dynamic sampling);
   5. mini-batch updates with micro-batch gradient accumulation (rl/update.py);
   6. log metrics, let the curriculum decide whether the stage ends, checkpoint.
