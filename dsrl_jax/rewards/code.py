@@ -48,10 +48,13 @@ def fn_name_from_starter(starter_code: str | None) -> str | None:
 
 
 def _decimals(line: str) -> list[decimal.Decimal] | None:
+    """The line's tokens as decimals; None if any is not a number (NaNs compare as text:
+    comparing a signalling NaN would raise)."""
     try:
-        return [decimal.Decimal(tok) for tok in line.split()]
+        values = [decimal.Decimal(tok) for tok in line.split()]
     except (ValueError, ArithmeticError):
         return None
+    return None if any(v.is_nan() for v in values) else values
 
 
 def stdin_output_matches(got: str, expected: str) -> bool:
