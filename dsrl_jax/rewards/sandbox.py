@@ -18,7 +18,9 @@ its own installation prefix, which is then bound read-only too.
 
 When the grader runs as root, bwrap is started as the unprivileged uid/gid 65534
 (`nobody`): RLIMIT_NPROC is ignored for root, and in bwrap's own user namespace it counts
-only that sandbox's processes, so a fork bomb stops at `nproc` processes.
+only that sandbox's processes, so a fork bomb stops at `nproc` processes. Where the grader
+may create cgroups (cgroup.py), each sample also runs in its own memory + pids cgroup, so
+its processes and tmpfs pages together stay under `Limits.sample_memory_mb`.
 
 Rlimits (address space, CPU, processes, file size, open files, no core dumps) are set by
 the sandbox's first lines of Python (`_PRELUDE`) before any candidate code runs, so no
@@ -51,6 +53,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from dsrl_jax.rewards import cgroup
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +113,11 @@ class Limits:
     workdir_mb: int = 64  # tmpfs size of the working dir (bwrap)
     tmp_mb: int = 64  # tmpfs size of /tmp (bwrap)
     shm_mb: int = 16  # tmpfs size of /dev/shm (bwrap)
+
+    @property
+    def sample_memory_mb(self) -> int:
+        """The cgroup bound on a sample's total RAM: its processes plus its tmpfs mounts."""
+        return self.memory_mb + self.workdir_mb + self.tmp_mb + self.shm_mb
 
     def rlimits(self) -> dict[str, tuple[int, int]]:
         mb = 1 << 20
@@ -336,7 +345,7 @@ def run_python(
 
 def _spawn(files, argv, stdin, limits, bwrap, py, channel=False, pass_fds=(), cancel=None) -> SandboxResult:
     """Start one sandboxed process with `files` in its working dir and collect its outputs."""
-    workdir, fds, read_fd, write_fd = None, {}, None, None
+    workdir, fds, read_fd, write_fd, group = None, {}, None, None, None
     try:
         if bwrap:
             fds = {name: _memfd(name, text) for name, text in files.items()}
@@ -355,13 +364,16 @@ def _spawn(files, argv, stdin, limits, bwrap, py, channel=False, pass_fds=(), ca
             read_fd, write_fd = os.pipe()
             argv.append(str(write_fd))
         inherit = tuple(pass_fds) + ((write_fd,) if channel else ()) + tuple(fds.values())
+        privileges = _drop_privileges()
         if bwrap:
             argv = _bwrap_argv(py, fds, limits) + argv
+            if cgroup.available():  # the sample's total RAM and tasks, not just per process
+                group = cgroup.Group(limits.sample_memory_mb, limits.nproc + 4)
+                argv, privileges = group.wrap(argv), {}  # joins as root, then drops to 65534
         start = time.monotonic()
         proc = subprocess.Popen(
             argv, cwd=cwd, env=CLEAN_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, pass_fds=inherit, start_new_session=True,
-            **_drop_privileges(),
+            stderr=subprocess.PIPE, pass_fds=inherit, start_new_session=True, **privileges,
         )  # fmt: skip
         _LIVE.add(proc.pid)
         for fd in [write_fd, *fds.values(), *pass_fds]:
@@ -379,6 +391,8 @@ def _spawn(files, argv, stdin, limits, bwrap, py, channel=False, pass_fds=(), ca
                 os.close(fd)
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+        if group is not None:
+            group.close()
 
 
 def _communicate(
