@@ -30,7 +30,7 @@ ME = sys.stdin.read()
 def dig(obj, depth=0):
     if depth > 40:
         return None
-    if isinstance(obj, str) and obj[:1] in "[{" and ME.strip()[:20] in obj:
+    if isinstance(obj, str) and obj[:1] in "[{":
         try:
             return dig(json.loads(obj), depth + 1)
         except Exception:
@@ -57,7 +57,8 @@ def try_file(path):
         text = open(path, encoding="utf-8", errors="ignore").read()
     except Exception:
         return None
-    if ME.strip() not in text and json.dumps(ME.strip())[1:-1] not in text:
+    once = json.dumps(ME.strip())[1:-1]
+    if ME.strip() not in text and once not in text and json.dumps(once)[1:-1] not in text:
         return None
     for doc in [text] + text.splitlines():
         try:
