@@ -114,6 +114,17 @@ class Group:
         drop = [shutil.which("setpriv"), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
         return ["/bin/sh", "-c", _JOIN, "sh", str(len(procs)), *procs, *drop, *argv]
 
+    def peak_mb(self) -> float | None:
+        """The most memory the sample's processes and tmpfs pages held at once, if known."""
+        for path in self.dirs:
+            for name in ("memory.peak", "memory.max_usage_in_bytes"):
+                try:
+                    with open(f"{path}/{name}") as f:
+                        return int(f.read()) / (1 << 20)
+                except (OSError, ValueError):
+                    continue
+        return None
+
     def close(self) -> None:
         """Remove the cgroup(s); a dying task may hold one for a moment, so retry briefly."""
         for path in self.dirs:

@@ -141,6 +141,7 @@ class SandboxResult:
     killed_reason: str | None  # "timeout", "output_limit", "cancelled" or None
     elapsed_s: float
     start_failed: bool = False  # bwrap's own error before the candidate ran
+    peak_memory_mb: float | None = None  # the sample's peak RAM (processes + tmpfs) where a cgroup measured it
 
 
 def _drop_privileges() -> dict:
@@ -381,10 +382,13 @@ def _spawn(files, argv, stdin, limits, bwrap, py, channel=False, pass_fds=(), ca
                 os.close(fd)
         write_fd, fds, pass_fds = None, {}, ()
         try:
-            return _communicate(proc, stdin, read_fd, limits, start, cancel)
+            res = _communicate(proc, stdin, read_fd, limits, start, cancel)
         finally:
             _kill_group(proc)
             _LIVE.discard(proc.pid)
+        if group is not None:
+            res.peak_memory_mb = group.peak_mb()
+        return res
     finally:
         for fd in [read_fd, write_fd, *fds.values(), *pass_fds]:
             if fd is not None:
