@@ -8,7 +8,9 @@ Test kinds (canonical schema, see dsrl_jax/data/schema.py):
               tests of a sample share one process running `harness.py`; the return values
               come back as JSON on a pipe and are compared with `==` HERE, in the grader.
   assert      {"testtype": "assert", "check", "entry_point"}: `check(candidate)` code as in
-              HumanEval / MBPP / LeetCode sets, run by the harness; passes if it returns.
+              HumanEval / MBPP / LeetCode sets; passes if it returns. It runs in a trusted
+              sandbox of its own; the candidate's sandbox only answers its calls with plain
+              values (harness.py), so nothing the candidate does can touch the verdict.
 
 Score = passed / total (the paper), or 0/1 with `all_pass=True`. A stdin test passes only
 if the process exits 0 within its time limit and its output matches; exit codes and
@@ -87,6 +89,9 @@ def _limits(per_test_s: float, options: dict, tests: int = 1) -> sandbox.Limits:
         memory_mb=int(options.get("memory_mb", 1024)),
         nproc=int(options.get("nproc", 32)),
         output_bytes=int(options.get("output_bytes", 4 << 20)),
+        workdir_mb=int(options.get("workdir_mb", 64)),
+        tmp_mb=int(options.get("tmp_mb", 64)),
+        shm_mb=int(options.get("shm_mb", 16)),
     )
 
 
