@@ -69,6 +69,8 @@ def get_config():
     ))
 
     c.rewards = ml_collections.ConfigDict(DEFAULT_REWARDS)
+    c.rewards.modules = ""  # comma-separated user modules that @register rewards (imported in every worker)
+    c.rewards.allow_unsandboxed = False  # True: run code rewards without bubblewrap (unsafe, see README)
     c.reward_workers = 8
     c.reward_timeout_s = 0.0  # 0 = the pool's per-domain defaults
 

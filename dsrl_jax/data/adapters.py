@@ -4,7 +4,8 @@
     print(report)          # "879 rows: 879 loaded, 0 skipped"
 
 Supported row formats (auto-detected per row, or forced with `format=`):
-  canonical     already {id, domain, problem, answer | tests}
+  canonical     already {id, domain, problem, answer | tests}; a row without `domain` whose
+                `tests` are all canonical tests (and that has a string id) is canonical code
   math          {id?, problem|question, answer|gt_answer|final_answer|solution (\\boxed{})}
   lcb           LiveCodeBench code_generation_lite: public_test_cases / private_test_cases
                 (JSON, or base64+zlib(+pickle) compressed), starter_code, metadata.func_name
@@ -31,7 +32,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterable
 
-from dsrl_jax.data.schema import code_record, math_record, validate_record
+from dsrl_jax.data.schema import code_record, math_record, validate_record, validate_test
 
 MAX_DECOMPRESSED = 1 << 30  # a corrupt or hostile zlib stream must not eat the host
 
@@ -62,29 +63,53 @@ class SkipReport:
 
 # -- reading files ------------------------------------------------------------------------
 def read_rows(path: str | pathlib.Path) -> list:
-    """Rows of a .jsonl, .json (list, or {"data"|"rows"|...: list}) or .parquet file."""
+    """Rows of a .jsonl, .json (list, or {"data"|"rows"|...: list}) or .parquet file.
+
+    In JSONL, a line that is not UTF-8 or not JSON (or nests too deep to parse) becomes a
+    bad row that the report counts; a whole-file problem raises ValueError saying what.
+    """
     path = pathlib.Path(path)
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError("reading .parquet files needs pyarrow (pip install pyarrow)") from None
         return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl" or (path.suffix != ".json" and not text.lstrip().startswith("[")):
+    raw = path.read_bytes()
+    if path.suffix == ".jsonl" or (path.suffix != ".json" and not raw.lstrip().startswith(b"[")):
         rows = []
-        for n, line in enumerate(text.splitlines()):
+        for n, line in enumerate(raw.split(b"\n")):
             if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:
-                    rows.append(_BadLine(f"line {n + 1} is not JSON: {e}"))
+                rows.append(_parse_line(line, n + 1))
         return rows
-    data = json.loads(text)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 (byte {e.start})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nests too deeply to parse") from None
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
             raise ValueError(f"{path}: a JSON object must hold exactly one list of rows")
         data = lists[0]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
     return data
+
+
+def _parse_line(line: bytes, number: int):
+    """One JSONL line as a value, or a _BadLine saying why it is not one."""
+    try:
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return _BadLine(f"line {number} is not UTF-8 (byte {e.start})")
+    except RecursionError:
+        return _BadLine(f"line {number} nests too deeply")
+    except ValueError as e:
+        return _BadLine(f"line {number} is not JSON: {e}")
 
 
 class _BadLine(str):
@@ -197,7 +222,23 @@ def _extra(row: dict, keys=("difficulty", "level", "subject", "source", "contest
 
 
 def adapt_canonical(row, index, source):
-    return validate_record(dict(row))
+    row = dict(row)
+    if "domain" not in row and "tests" in row:  # a code row written by hand, e.g. HumanEval
+        row["domain"] = "code"
+    return validate_record(row)
+
+
+def _canonical_tests(row: dict) -> bool:
+    """Whether a row without `domain` is canonical code: an id and every test canonical."""
+    tests = row.get("tests")
+    if not isinstance(row.get("id"), str) or not isinstance(tests, list) or not tests:
+        return False
+    try:
+        for test in tests:
+            validate_test(test)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def adapt_math(row, index, source):
@@ -288,6 +329,8 @@ def detect_format(row: dict) -> str:
     """Name of the adapter for one row, by its keys."""
     if row.get("domain") in ("math", "code") and ("answer" in row or "tests" in row):
         return "canonical"
+    if "domain" not in row and _canonical_tests(row):
+        return "canonical"
     if "public_test_cases" in row:
         return "lcb"
     if "input_output" in row:
@@ -330,7 +373,7 @@ def load_problems(path_or_rows: str | pathlib.Path | Iterable[dict], format: str
             if record["id"] in seen:
                 raise ValueError(f"duplicate id {record['id']!r}")
         except (ValueError, KeyError, TypeError, SyntaxError, AttributeError, zlib.error,
-                pickle.UnpicklingError, EOFError) as e:  # fmt: skip
+                pickle.UnpicklingError, EOFError, RecursionError, MemoryError) as e:  # fmt: skip
             report.skip(index, f"{type(e).__name__}: {e}")
             continue
         seen.add(record["id"])

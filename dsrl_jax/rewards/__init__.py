@@ -12,8 +12,10 @@ from dsrl_jax.rewards.registry import (  # noqa: F401
     REWARDS,
     RewardResult,
     RewardSpec,
+    import_modules,
     parse_reward_config,
     register,
+    reward_settings,
     score_record,
     validate_reward_config,
 )

@@ -8,7 +8,9 @@ Test kinds (canonical schema, see dsrl_jax/data/schema.py):
               tests of a sample share one process running `harness.py`; the return values
               come back as JSON on a pipe and are compared with `==` HERE, in the grader.
   assert      {"testtype": "assert", "check", "entry_point"}: `check(candidate)` code as in
-              HumanEval / MBPP / LeetCode sets, run by the harness; passes if it returns.
+              HumanEval / MBPP / LeetCode sets; passes if it returns. It runs in a trusted
+              sandbox of its own; the candidate's sandbox only answers its calls with plain
+              values (harness.py), so nothing the candidate does can touch the verdict.
 
 Score = passed / total (the paper), or 0/1 with `all_pass=True`. A stdin test passes only
 if the process exits 0 within its time limit and its output matches; exit codes and
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import decimal
 import json
+import os
 import pathlib
 import re
+import threading
 import time
 
 from dsrl_jax.rewards import sandbox
@@ -46,10 +50,13 @@ def fn_name_from_starter(starter_code: str | None) -> str | None:
 
 
 def _decimals(line: str) -> list[decimal.Decimal] | None:
+    """The line's tokens as decimals; None if any is not a number (NaNs compare as text:
+    comparing a signalling NaN would raise)."""
     try:
-        return [decimal.Decimal(tok) for tok in line.split()]
+        values = [decimal.Decimal(tok) for tok in line.split()]
     except (ValueError, ArithmeticError):
         return None
+    return None if any(v.is_nan() for v in values) else values
 
 
 def stdin_output_matches(got: str, expected: str) -> bool:
@@ -82,6 +89,9 @@ def _limits(per_test_s: float, options: dict, tests: int = 1) -> sandbox.Limits:
         memory_mb=int(options.get("memory_mb", 1024)),
         nproc=int(options.get("nproc", 32)),
         output_bytes=int(options.get("output_bytes", 4 << 20)),
+        workdir_mb=int(options.get("workdir_mb", 64)),
+        tmp_mb=int(options.get("tmp_mb", 64)),
+        shm_mb=int(options.get("shm_mb", 16)),
     )
 
 
@@ -150,14 +160,71 @@ def _run_functional(code, tests, fn_name, per_test_s, budget_end, options) -> li
     return outcomes
 
 
-def _run_assert(code, tests, per_test_s, budget_end, options) -> list[dict]:
-    spec = {"tests": [{"check": t["check"], "entry_point": t["entry_point"]} for t in tests]}
-    lines, fallback = _run_harness("assert", code, spec, len(tests), per_test_s, budget_end, options)
+def _run_assert(code, tests, per_test_s, budget_end, options, setup=None) -> list[dict]:
+    """check(candidate) in a trusted sandbox; the candidate's sandbox only answers calls.
+
+    Two separate sandboxes joined by two pipes (calls ->, <- plain values): the check code
+    and its expected values never enter the candidate's process, and nothing the candidate
+    defines, patches or prints reaches the interpreter that evaluates the assertions. Only
+    the checker's own channel carries verdicts.
+    """
+    n = len(tests)
+    budget = max(0.1, budget_end - time.monotonic())
+    limits = _limits(per_test_s, options, tests=n)
+    limits = sandbox.Limits(**{**limits.__dict__, "timeout_s": min(limits.timeout_s + 2.0, budget)})
+    spec = {"tests": [{"check": t["check"], "entry_point": t["entry_point"]} for t in tests],
+            "setup": setup or "", "per_test_s": per_test_s}  # fmt: skip
+    for attempt in range(3):  # bwrap failing to start either process is retried
+        res, served = _assert_pair(code, spec, per_test_s, limits)
+        if not (res.start_failed or served.start_failed):
+            break
+    lines: list = [None] * n
+    for raw in res.channel.splitlines():
+        try:
+            msg = json.loads(raw)
+            if isinstance(msg.get("i"), int) and 0 <= msg["i"] < n and lines[msg["i"]] is None:
+                lines[msg["i"]] = msg
+        except (ValueError, TypeError, AttributeError):
+            continue
+    fallback = res.killed_reason or "no_result"
     return [
         {"ok": True} if line is not None and line.get("ok") is True
         else {"ok": False, "error": (line or {}).get("error", fallback)}
         for line in lines
     ]  # fmt: skip
+
+
+def _assert_pair(code, spec, per_test_s, limits):
+    """Start the candidate's server and the checker, joined by two pipes; both results."""
+    call_r, call_w = os.pipe()
+    result_r, result_w = os.pipe()
+    done, served = threading.Event(), {}
+    candidate_files = {"solution.py": code, "harness.py": _HARNESS,
+                       "spec.json": json.dumps({"per_test_s": per_test_s})}  # fmt: skip
+
+    def serve():
+        try:
+            served["res"] = sandbox.run_python(
+                candidate_files, "harness.py", args=("serve", "solution.py", "spec.json", str(call_r), str(result_w)),
+                limits=limits, pass_fds=(call_r, result_w), cancel=done,
+            )  # fmt: skip
+        except BaseException as e:  # re-raised in the caller's thread
+            served["error"] = e
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        res = sandbox.run_python(
+            {"harness.py": _HARNESS, "spec.json": json.dumps(spec)}, "harness.py",
+            args=("check", "spec.json", str(call_w), str(result_r)), limits=limits, channel=True,
+            pass_fds=(call_w, result_r),
+        )  # fmt: skip
+    finally:
+        done.set()  # the verdicts are in: the candidate gets no more time
+        server.join()
+    if "error" in served:
+        raise served["error"]
+    return res, served["res"]
 
 
 @register("code")
@@ -196,7 +263,7 @@ def code_reward(
             else:
                 got = _run_functional(code, group, fn_name, per_test_timeout_s, budget_end, options)
         elif kind == "assert":
-            got = _run_assert(code, group, per_test_timeout_s, budget_end, options)
+            got = _run_assert(code, group, per_test_timeout_s, budget_end, options, record.get("starter_code"))
         else:
             got = [{"ok": False, "error": f"unknown_testtype:{kind}"}] * len(group)
         for i, o in zip(idx, got):

@@ -13,6 +13,11 @@ info["error"] = "timeout" / "worker_died". The pool therefore never stalls.
 
 `num_workers=0` scores in the calling thread (debugging; code still runs sandboxed, but
 math verifications are not time-bounded there).
+
+Each worker first applies the reward block's settings (registry.SETTINGS): it imports
+`modules` (user rewards) before reading the registry and sets the sandbox policy
+(`allow_unsandboxed`). A code reward that finds no working sandbox (and no opt-in) fails
+the whole pool with sandbox.SandboxUnavailable instead of scoring samples 0.
 """
 from __future__ import annotations
 
@@ -26,21 +31,31 @@ import threading
 import time
 from collections.abc import Mapping
 
-from dsrl_jax.rewards.registry import RewardResult, parse_reward_config, score_record
+from dsrl_jax.rewards import sandbox
+from dsrl_jax.rewards.registry import RewardResult, parse_reward_config, reward_settings, score_record
 
 DEFAULT_TIMEOUTS = {"math": 10.0, "code": 120.0}
 
 
+def init_process(reward_cfg) -> dict:
+    """Apply a reward block's settings in this process; return its parsed specs.
+
+    Imports `modules` (parse_reward_config does, before reading the registry) and sets the
+    sandbox policy. The pool runs this in itself and first thing in every worker.
+    """
+    sandbox.configure(allow_unsandboxed=bool(reward_settings(reward_cfg)["allow_unsandboxed"]))
+    return parse_reward_config(reward_cfg)
+
+
 def _worker_main(conn, reward_cfg) -> None:
     """Worker loop: import once, say ready, then score items until the pipe closes."""
-    from dsrl_jax.rewards import sandbox
 
     def on_term(signum, frame):  # the pool is killing us: take our sandboxes along
         sandbox.kill_live()
         raise SystemExit(1)
 
     signal.signal(signal.SIGTERM, on_term)
-    specs = parse_reward_config(reward_cfg)
+    specs = init_process(reward_cfg)
     if "math" in specs:  # pay Math-Verify/sympy's lazy first-call costs before any deadline runs
         score_record("\\boxed{1}", {"domain": "math", "answer": "1"}, specs)
     conn.send("ready")
@@ -51,6 +66,9 @@ def _worker_main(conn, reward_cfg) -> None:
             return
         try:
             result = score_record(response, record, specs)
+        except sandbox.SandboxUnavailable as e:  # fail closed, loudly: never score it 0
+            conn.send(("fatal", task_id, str(e)))
+            continue
         except Exception as e:  # a reward bug must not take the worker down
             result = RewardResult(0.0, {"error": f"exception: {type(e).__name__}: {e}"[:300]})
         conn.send((task_id, result))
@@ -107,7 +125,7 @@ class RewardPool:
         start_method: str = "spawn",
     ):
         self._cfg = reward_config.to_dict() if hasattr(reward_config, "to_dict") else reward_config
-        self._specs = parse_reward_config(self._cfg)  # fail fast on unknown names
+        self._specs = init_process(self._cfg)  # fail fast on unknown names or modules
         if isinstance(timeout_s, Mapping) or timeout_s is None:
             self._timeouts = {**DEFAULT_TIMEOUTS, **(timeout_s or {})}
             self._default_timeout = max(self._timeouts.values())
@@ -173,6 +191,8 @@ class RewardPool:
     def _score_inline(self, response, record) -> RewardResult:
         try:
             return score_record(response, record, self._specs)
+        except sandbox.SandboxUnavailable:
+            raise
         except Exception as e:
             return RewardResult(0.0, {"error": f"exception: {type(e).__name__}: {e}"[:300]})
 
@@ -244,6 +264,8 @@ class RewardPool:
                 if msg == "ready":
                     w.ready = True
                     self._start_failures = 0
+                elif msg[0] == "fatal":
+                    self._fail_all(sandbox.SandboxUnavailable(msg[2]))
                 elif w.task is not None and msg[0] == w.task[0]:
                     w.task[1].set_result(msg[1])
                     w.task = None

@@ -11,10 +11,17 @@ domain (`record["domain"]`, "math" or "code"), each with a weight and options:
 
 `score_record` sums weight * score over the domain's specs. `validate_reward_config` lets
 the trainer fail before compiling anything when a name is misspelt.
+
+Two keys of the same block are settings, not domains:
+    modules            "pkg.rewards,other" - user modules that `@register` their own rewards;
+                       `import_modules` imports them in the trainer's process and the pool
+                       imports them in every worker before the registry is read.
+    allow_unsandboxed  False - True lets code rewards run without bubblewrap (see sandbox.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,6 +31,7 @@ DEFAULT_CONFIG = {
     "math": [{"name": "math", "weight": 1.0}],
     "code": [{"name": "code", "weight": 1.0}],
 }
+SETTINGS = {"modules": "", "allow_unsandboxed": False}  # keys of the rewards block that are not domains
 
 
 @dataclasses.dataclass
@@ -72,26 +80,64 @@ def _as_dict(x) -> dict:
     return dict(x)
 
 
+def import_modules(names) -> list[str]:
+    """Import user reward modules ("a.b,c" or a list) so their `@register` lines run.
+
+    Raises ValueError naming the module that fails to import. Returns the names imported.
+    """
+    if isinstance(names, str):
+        names = names.split(",")
+    names = [n.strip() for n in names or () if n and n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # ImportError, or the module's own error
+            raise ValueError(f"rewards.modules: cannot import {name!r}: {type(e).__name__}: {e}") from None
+    return names
+
+
+def reward_settings(cfg=None) -> dict:
+    """The non-domain settings of a rewards block (SETTINGS keys), defaults filled in."""
+    cfg = {} if cfg is None else _as_dict(cfg)
+    return {key: cfg.get(key, default) for key, default in SETTINGS.items()}
+
+
 def parse_reward_config(cfg=None) -> dict[str, list[RewardSpec]]:
-    """{domain: [RewardSpec]} from a dict / ConfigDict; raises ValueError on unknown names."""
+    """{domain: [RewardSpec]} from a dict / ConfigDict; raises ValueError on unknown names.
+
+    The block's `modules` are imported first, so user rewards validate like built-ins.
+    """
     import dsrl_jax.rewards  # noqa: F401  (registers the built-in rewards)
 
     cfg = DEFAULT_CONFIG if cfg is None else _as_dict(cfg)
+    import_modules(cfg.get("modules", ""))
     specs: dict[str, list[RewardSpec]] = {}
     for domain, entries in cfg.items():
+        if domain in SETTINGS:
+            continue
+        if not isinstance(entries, (list, tuple)):
+            raise ValueError(f"rewards.{domain}: expected a list of reward entries, got {type(entries).__name__}")
         specs[domain] = []
         for entry in entries:
+            if not isinstance(entry, Mapping) and not hasattr(entry, "to_dict"):
+                raise ValueError(f"rewards.{domain}: each entry must be an object {{name, weight, options}}")
             entry = _as_dict(entry)
             name = entry.get("name")
-            if name not in REWARDS:
+            if not isinstance(name, str) or name not in REWARDS:
                 raise ValueError(
                     f"unknown reward {name!r} for domain {domain!r}; known: {sorted(REWARDS)}"
                 )
             unknown = set(entry) - {"name", "weight", "options"}
             if unknown:
                 raise ValueError(f"reward {name!r}: unknown keys {sorted(unknown)}")
-            options = _as_dict(entry.get("options") or {})
-            specs[domain].append(RewardSpec(name, float(entry.get("weight", 1.0)), options))
+            options = entry.get("options") or {}
+            if not isinstance(options, Mapping) and not hasattr(options, "to_dict"):
+                raise ValueError(f"reward {name!r}: options must be an object")
+            try:
+                weight = float(entry.get("weight", 1.0))
+            except (TypeError, ValueError):
+                raise ValueError(f"reward {name!r}: weight must be a number") from None
+            specs[domain].append(RewardSpec(name, weight, _as_dict(options)))
     return specs
 
 

@@ -1,27 +1,39 @@
 """Run untrusted Python in a fresh, locked-down interpreter.
 
-Every call starts a new `python3 -I` in a private temporary working directory. Where
-bubblewrap works (probed once per process) the interpreter runs inside
-`bwrap --unshare-all --die-with-parent --new-session --ro-bind / / --dev /dev --proc /proc
---tmpfs /tmp`, i.e. with no network, a read-only root, a private /tmp, and its own PID
-namespace: when the sandbox's init dies every process the candidate started dies with it,
-so a double-forked daemon cannot outlive the run.
+Every call starts a new `python3 -I` under bubblewrap:
 
-Why the privilege drop: RLIMIT_NPROC is ignored for root, and a root-owned bwrap maps the
-candidate back to root. When the grader runs as root we therefore start bwrap as the
-unprivileged uid/gid 65534 (`nobody`); bwrap then creates its own user namespace, in which
-RLIMIT_NPROC counts only that sandbox's processes, so a fork bomb stops at a few dozen
-processes instead of eating the host.
+    bwrap --unshare-all --die-with-parent --new-session
+          --ro-bind /usr /usr  (+ /bin, /lib*, /sbin as symlinks or read-only binds,
+                                 /etc/alternatives, /etc/ld.so.cache, /etc/localtime)
+          --dev /dev --proc /proc
+          --size T --tmpfs /tmp  --size S --tmpfs /dev/shm  --size W --tmpfs /sandbox
+          --file FD /sandbox/NAME ...  --chdir /sandbox
 
-Rlimits (address space, CPU, processes, file size, open files) are set by the sandbox's
-first lines of Python (`_prelude` below) before any candidate code runs, so no
+i.e. no network, no IPC, its own PID namespace (when the sandbox's init dies every process
+the candidate started dies with it), and a filesystem holding only the interpreter, its
+libraries and a private, size-capped working dir filled from memory (memfd), never a host
+directory. Nothing else of the host is visible: no dataset, checkout, home or cache path,
+and no other process (its /proc is its own). The interpreter must live under /usr or in
+its own installation prefix, which is then bound read-only too.
+
+When the grader runs as root, bwrap is started as the unprivileged uid/gid 65534
+(`nobody`): RLIMIT_NPROC is ignored for root, and in bwrap's own user namespace it counts
+only that sandbox's processes, so a fork bomb stops at `nproc` processes. Where the grader
+may create cgroups (cgroup.py), each sample also runs in its own memory + pids cgroup, so
+its processes and tmpfs pages together stay under `Limits.sample_memory_mb`.
+
+Rlimits (address space, CPU, processes, file size, open files, no core dumps) are set by
+the sandbox's first lines of Python (`_PRELUDE`) before any candidate code runs, so no
 `preexec_fn` is needed and the caller may be multi-threaded (e.g. a JAX process).
 
-Fallback (documented, logged once): if bwrap is missing or fails its probe, the same
-interpreter runs as a plain subprocess with the same rlimits, scrubbed environment, new
-session (process group), private cwd and (as root) uid 65534. It has no network or
-filesystem isolation beyond file permissions, and a daemon that calls setsid() can escape
-the process-group kill; use it for development only.
+Fail closed: if bwrap is missing or its probe fails, `run_python` raises
+`SandboxUnavailable` unless the process opted in with `configure(allow_unsandboxed=True)`
+(config `rewards.allow_unsandboxed`). The opt-in fallback runs the same interpreter as a
+plain subprocess (same rlimits, scrubbed environment, new session, private host temp dir,
+uid 65534 as root) and logs a loud warning; what it does NOT protect is listed in
+`UNSANDBOXED_GAPS`. Only a working probe is cached: a probe that was killed or timed out,
+or a bwrap start that failed (bwrap's own error, exit 1 before the candidate ran), is
+retried, never remembered as "no sandbox".
 
 The caller gets stdout/stderr (each capped; the process group is killed beyond the cap),
 whatever the candidate wrote to an optional result pipe ("channel"), the exit code, and
@@ -30,7 +42,6 @@ why it was killed. Nothing here interprets the output: graders decide.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -40,12 +51,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+
+from dsrl_jax.rewards import cgroup
 
 log = logging.getLogger(__name__)
 
 NOBODY = 65534
-SANDBOX_DIR = "/tmp/work"  # where the private working dir appears inside bwrap (on its tmpfs)
+SANDBOX_DIR = "/sandbox"  # the private working dir inside bwrap (a sized tmpfs)
 CLEAN_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",
@@ -55,6 +69,17 @@ CLEAN_ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",
     "HOME": "/tmp",
 }
+_TOP_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # symlinks into /usr on most systems
+_ETC_FILES = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime")
+UNSANDBOXED_GAPS = (
+    "no filesystem isolation: the candidate reads every file the uid can (problem files with "
+    "their tests included) and other concurrent samples' working dirs and /tmp",
+    "no network isolation: 127.0.0.1 services and the internet are reachable",
+    "no process isolation: it sees the grader's command line and can signal other samples "
+    "running as the same uid",
+    "no tmpfs or disk quota: only the per-file size limit bounds what it writes",
+    "a daemon that calls setsid() escapes the process-group kill",
+)
 
 # Runs first in the sandboxed interpreter: apply rlimits, then run the target script as
 # __main__ with the remaining argv. Kept tiny; it is written into the working dir.
@@ -70,17 +95,29 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+class SandboxUnavailable(RuntimeError):
+    """No working bubblewrap here and unsandboxed execution was not opted in to."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """Resource bounds for one sandboxed process."""
+    """Resource bounds for one sandboxed run (see the README's sandbox section)."""
 
     timeout_s: float = 6.0  # wall clock; the whole process group is killed at the deadline
-    cpu_s: int = 10  # RLIMIT_CPU (SIGXCPU, then SIGKILL one second later)
-    memory_mb: int = 1024  # RLIMIT_AS
-    nproc: int = 32  # RLIMIT_NPROC (effective only for non-root, see module doc)
+    cpu_s: int = 10  # RLIMIT_CPU per process (SIGXCPU, then SIGKILL one second later)
+    memory_mb: int = 1024  # RLIMIT_AS per process
+    nproc: int = 32  # RLIMIT_NPROC: processes + threads in the sandbox's user namespace
     fsize_mb: int = 16  # RLIMIT_FSIZE: largest file the candidate may write
     nofile: int = 64  # RLIMIT_NOFILE
     output_bytes: int = 4 << 20  # cap on stdout + stderr + channel together
+    workdir_mb: int = 64  # tmpfs size of the working dir (bwrap)
+    tmp_mb: int = 64  # tmpfs size of /tmp (bwrap)
+    shm_mb: int = 16  # tmpfs size of /dev/shm (bwrap)
+
+    @property
+    def sample_memory_mb(self) -> int:
+        """The cgroup bound on a sample's total RAM: its processes plus its tmpfs mounts."""
+        return self.memory_mb + self.workdir_mb + self.tmp_mb + self.shm_mb
 
     def rlimits(self) -> dict[str, tuple[int, int]]:
         mb = 1 << 20
@@ -101,8 +138,10 @@ class SandboxResult:
     channel: str  # what the process wrote to the result pipe (fd given as argv), if any
     returncode: int | None
     timed_out: bool
-    killed_reason: str | None  # "timeout", "output_limit" or None
+    killed_reason: str | None  # "timeout", "output_limit", "cancelled" or None
     elapsed_s: float
+    start_failed: bool = False  # bwrap's own error before the candidate ran
+    peak_memory_mb: float | None = None  # the sample's peak RAM (processes + tmpfs) where a cgroup measured it
 
 
 def _drop_privileges() -> dict:
@@ -111,74 +150,137 @@ def _drop_privileges() -> dict:
     return {}
 
 
-def _bwrap_argv(workdir: str) -> list[str]:
-    return [
-        shutil.which("bwrap") or "bwrap",
-        "--unshare-all", "--die-with-parent", "--new-session",
-        "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-        "--bind", workdir, SANDBOX_DIR, "--chdir", SANDBOX_DIR,
+def _prefix(python: str) -> str:
+    """The installation prefix of an interpreter (/usr for /usr/bin/python3)."""
+    return os.path.dirname(os.path.dirname(os.path.realpath(python)))
+
+
+def _bwrap_argv(python: str, files: dict[str, int], limits: Limits) -> list[str]:
+    """bwrap options binding only the interpreter, its libraries and a sized private tmpfs."""
+    argv = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+            "--ro-bind", "/usr", "/usr"]  # fmt: skip
+    for top in _TOP_DIRS:
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    for path in _ETC_FILES:
+        if os.path.exists(path):
+            argv += ["--ro-bind", path, path]
+    prefix = _prefix(python)
+    if not (prefix + "/").startswith("/usr/"):
+        if prefix in ("/", os.path.expanduser("~")) or (os.getcwd() + "/").startswith(prefix + "/"):
+            raise SandboxUnavailable(f"interpreter prefix {prefix} would expose a home or checkout")
+        argv += ["--ro-bind", prefix, prefix]
+    mb = str(1 << 20)
+    argv += [
+        "--dev", "/dev", "--proc", "/proc",
+        "--size", str(limits.tmp_mb * int(mb)), "--tmpfs", "/tmp",
+        "--size", str(limits.shm_mb * int(mb)), "--tmpfs", "/dev/shm",
+        "--size", str(limits.workdir_mb * int(mb)), "--tmpfs", SANDBOX_DIR,
     ]  # fmt: skip
+    for name, fd in files.items():
+        argv += ["--perms", "0644", "--file", str(fd), f"{SANDBOX_DIR}/{name}"]
+    return argv + ["--chdir", SANDBOX_DIR]
 
 
-@functools.lru_cache(maxsize=None)
+def _memfd(name: str, text: str) -> int:
+    fd = os.memfd_create(name, 0)
+    os.write(fd, text.encode("utf-8"))
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+# -- choosing the sandbox (cached only on success) -----------------------------------------
+_allow_unsandboxed = False
+_chosen: dict[tuple, tuple[bool, str]] = {}
+_warned = False
+_lock = threading.Lock()
+
+
+def configure(allow_unsandboxed: bool = False) -> None:
+    """Set this process's policy: may code run without bubblewrap (with a loud warning)?"""
+    global _allow_unsandboxed
+    _allow_unsandboxed = bool(allow_unsandboxed)
+
+
 def _probe(python: str, use_bwrap: bool) -> bool:
     """Whether `python` starts (under bwrap if asked) as the sandbox user."""
-    if use_bwrap and shutil.which("bwrap") is None:
-        return False
-    workdir = tempfile.mkdtemp(prefix="dsrl_probe_")
     try:
-        os.chmod(workdir, 0o777)
-        argv = (_bwrap_argv(workdir) if use_bwrap else []) + [python, "-I", "-c", "print(6*7)"]
-        out = subprocess.run(
-            argv, env=CLEAN_ENV, cwd=workdir, capture_output=True, timeout=30,
-            start_new_session=True, **_drop_privileges(),
-        )  # fmt: skip
-        return out.returncode == 0 and out.stdout.strip() == b"42"
-    except (OSError, subprocess.SubprocessError):
+        res = _spawn({}, [python, "-I", "-c", "print(6*7)"], b"", Limits(timeout_s=30), use_bwrap, python)
+    except (OSError, SandboxUnavailable):
         return False
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return res.returncode == 0 and res.stdout.strip() == "42"
+
+
+def _candidates(python: str | None) -> list[str]:
+    if python:
+        return [python]
+    return [os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"]
 
 
 def resolve(use_bwrap: bool | None = None, python: str | None = None) -> tuple[bool, str]:
-    """Pick (bwrap?, interpreter) once per process.
+    """Pick (bwrap?, interpreter); a working choice is cached for the process.
 
     The grader's own interpreter may live where the sandbox user cannot read it (e.g. under
-    /root), so the system python3 is tried second. `use_bwrap=None` means auto, unless the
-    environment variable DSRL_SANDBOX is "bwrap" (require it) or "plain" (the fallback).
+    /root), so the system python3 is tried next. `use_bwrap=None` means bwrap, falling back
+    to a plain subprocess only if `configure(allow_unsandboxed=True)` was called; the
+    environment variable DSRL_SANDBOX="bwrap" requires bwrap, "plain" asks for the fallback
+    (still only with the opt-in). Raises SandboxUnavailable otherwise.
     """
     if use_bwrap is None:
         use_bwrap = {"bwrap": True, "plain": False}.get(os.environ.get("DSRL_SANDBOX", "auto"))
-    return _resolve(use_bwrap, python)
+    key = (use_bwrap, python)
+    with _lock:
+        if key in _chosen:
+            return _chosen[key]
+    has_bwrap = shutil.which("bwrap") is not None
+    if use_bwrap is not False:
+        for attempt in range(3):  # a probe that was killed or timed out is retried
+            for py in _candidates(python):
+                if os.path.exists(py) and has_bwrap and _probe(py, True):
+                    with _lock:
+                        _chosen[key] = (True, py)
+                    return True, py
+            if not has_bwrap:
+                break
+            time.sleep(0.2 * (attempt + 1))
+        if use_bwrap is True or not _allow_unsandboxed:
+            why = "is not installed" if not has_bwrap else "fails its probe here"
+            raise SandboxUnavailable(
+                f"bubblewrap {why}: code rewards refuse to run untrusted code unsandboxed "
+                "(install bubblewrap, or set rewards.allow_unsandboxed=True to accept the risks "
+                "listed in the README's sandbox section)"
+            )
+    elif not _allow_unsandboxed:
+        raise SandboxUnavailable(
+            "DSRL_SANDBOX=plain needs rewards.allow_unsandboxed=True (unsandboxed execution)"
+        )
+    for py in _candidates(python):
+        if os.path.exists(py) and _probe(py, False):
+            _warn_unsandboxed()
+            with _lock:
+                _chosen[key] = (False, py)
+            return False, py
+    raise SandboxUnavailable(f"no usable interpreter among {_candidates(python)} (unsandboxed)")
 
 
-_warned = False
-
-
-@functools.lru_cache(maxsize=None)
-def _resolve(use_bwrap: bool | None, python: str | None) -> tuple[bool, str]:
+def _warn_unsandboxed() -> None:
     global _warned
-    pythons = [python] if python else [sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"]
-    modes = [use_bwrap] if use_bwrap is not None else [True, False]
-    for mode in modes:
-        for py in pythons:
-            if py and os.path.exists(py) and _probe(py, mode):
-                if not mode and not _warned:
-                    _warned = True
-                    log.warning(
-                        "bubblewrap is unavailable or fails here: untrusted code runs as a plain "
-                        "subprocess (rlimits, new session, private cwd, no network isolation). "
-                        "Install bubblewrap for real isolation."
-                    )
-                return mode, py
-    raise RuntimeError(f"no usable sandbox interpreter among {pythons} (bwrap={modes})")
+    if not _warned:
+        _warned = True
+        log.warning(
+            "UNSANDBOXED CODE EXECUTION (rewards.allow_unsandboxed=True): untrusted code runs as "
+            "a plain subprocess with rlimits only. Not protected: %s. Use it for development only.",
+            "; ".join(UNSANDBOXED_GAPS),
+        )
 
 
 def bwrap_available() -> bool:
-    """Whether run_python (in auto mode) will use bubblewrap here."""
+    """Whether bubblewrap works here (what run_python will use unless told otherwise)."""
     try:
-        return resolve()[0]
-    except RuntimeError:
+        return resolve(True)[0]
+    except SandboxUnavailable:
         return False
 
 
@@ -210,55 +312,96 @@ def run_python(
     channel: bool = False,
     use_bwrap: bool | None = None,
     python: str | None = None,
+    pass_fds: tuple[int, ...] = (),
+    cancel: threading.Event | None = None,
 ) -> SandboxResult:
-    """Write `files` into a fresh private dir and run `python3 -I main *args` there.
+    """Run `python3 -I main *args` in a fresh sandbox whose working dir holds `files`.
 
     With `channel=True` a pipe is opened and its write end's fd number is appended to the
     argv; the trusted harness inside writes its results there, separate from stdout.
+    `pass_fds` are further descriptors handed over to the process (the caller names them
+    in `args`); they are closed here once it has them, so the other ends see EOF when it
+    exits. Setting `cancel` kills the run early (killed_reason "cancelled").
+    `start_failed` on the result says bwrap itself failed to set up the sandbox; runs
+    without handed-over fds are retried then.
     """
-    bwrap, py = resolve(use_bwrap, python)
-    workdir = tempfile.mkdtemp(prefix="dsrl_sbx_")
-    read_fd = write_fd = None
     try:
-        for name, text in {**files, "_prelude.py": _PRELUDE}.items():
-            with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
-                f.write(text)
-        if os.geteuid() == 0:  # the sandbox user owns its working dir, nothing else
-            for name in os.listdir(workdir):
-                os.chown(os.path.join(workdir, name), NOBODY, NOBODY)
-            os.chown(workdir, NOBODY, NOBODY)
-        argv = [py, "-I", "_prelude.py", json.dumps(limits.rlimits()), main, *args]
-        pass_fds: tuple[int, ...] = ()
+        bwrap, py = resolve(use_bwrap, python)
+    except BaseException:
+        for fd in pass_fds:
+            os.close(fd)
+        raise
+    argv = [py, "-I", "_prelude.py", json.dumps(limits.rlimits()), main, *args]
+    files = {**files, "_prelude.py": _PRELUDE}
+    data = stdin.encode("utf-8", "replace")
+    for attempt in range(3):
+        res = _spawn(files, argv, data, limits, bwrap, py, channel, pass_fds, cancel)
+        res.start_failed = bwrap and res.returncode == 1 and res.stderr.startswith("bwrap:")
+        if not res.start_failed or pass_fds:  # handed-over fds are gone: the caller retries
+            return res
+        log.warning("bwrap failed to start a sandbox (%s); retrying", res.stderr.strip()[:200])
+        time.sleep(0.1 * (attempt + 1))
+    return res  # still bwrap's own failure: the sample fails, nothing is cached
+
+
+def _spawn(files, argv, stdin, limits, bwrap, py, channel=False, pass_fds=(), cancel=None) -> SandboxResult:
+    """Start one sandboxed process with `files` in its working dir and collect its outputs."""
+    workdir, fds, read_fd, write_fd, group = None, {}, None, None, None
+    try:
+        if bwrap:
+            fds = {name: _memfd(name, text) for name, text in files.items()}
+            cwd = "/"
+        else:
+            workdir = cwd = tempfile.mkdtemp(prefix="dsrl_sbx_")
+            for name, text in files.items():
+                with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
+                    f.write(text)
+            if os.geteuid() == 0:  # the sandbox user owns its working dir, nothing else
+                for name in os.listdir(workdir):
+                    os.chown(os.path.join(workdir, name), NOBODY, NOBODY)
+                os.chown(workdir, NOBODY, NOBODY)
+        argv = list(argv)
         if channel:
             read_fd, write_fd = os.pipe()
             argv.append(str(write_fd))
-            pass_fds = (write_fd,)
+        inherit = tuple(pass_fds) + ((write_fd,) if channel else ()) + tuple(fds.values())
+        privileges = _drop_privileges()
         if bwrap:
-            argv = _bwrap_argv(workdir) + argv
+            argv = _bwrap_argv(py, fds, limits) + argv
+            if cgroup.available():  # the sample's total RAM and tasks, not just per process
+                group = cgroup.Group(limits.sample_memory_mb, limits.nproc + 4)
+                argv, privileges = group.wrap(argv), {}  # joins as root, then drops to 65534
         start = time.monotonic()
         proc = subprocess.Popen(
-            argv, cwd=workdir, env=CLEAN_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, pass_fds=pass_fds, start_new_session=True,
-            **_drop_privileges(),
+            argv, cwd=cwd, env=CLEAN_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, pass_fds=inherit, start_new_session=True, **privileges,
         )  # fmt: skip
         _LIVE.add(proc.pid)
-        if write_fd is not None:
-            os.close(write_fd)
-            write_fd = None
+        for fd in [write_fd, *fds.values(), *pass_fds]:
+            if fd is not None:
+                os.close(fd)
+        write_fd, fds, pass_fds = None, {}, ()
         try:
-            return _communicate(proc, stdin.encode("utf-8", "replace"), read_fd, limits, start)
+            res = _communicate(proc, stdin, read_fd, limits, start, cancel)
         finally:
             _kill_group(proc)
             _LIVE.discard(proc.pid)
+        if group is not None:
+            res.peak_memory_mb = group.peak_mb()
+        return res
     finally:
-        for fd in (read_fd, write_fd):
+        for fd in [read_fd, write_fd, *fds.values(), *pass_fds]:
             if fd is not None:
                 os.close(fd)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if group is not None:
+            group.close()
 
 
 def _communicate(
-    proc: subprocess.Popen, stdin: bytes, channel_fd: int | None, limits: Limits, start: float
+    proc: subprocess.Popen, stdin: bytes, channel_fd: int | None, limits: Limits, start: float,
+    cancel: threading.Event | None = None,
 ) -> SandboxResult:
     """Feed stdin, read outputs with a size cap, kill the group at the deadline."""
     deadline = start + limits.timeout_s
@@ -279,11 +422,14 @@ def _communicate(
         if now >= deadline:
             killed = "timeout"
             break
+        if cancel is not None and cancel.is_set():
+            killed = "cancelled"
+            break
         if exited_at is None and proc.poll() is not None:
             exited_at = now
         if exited_at is not None and now - exited_at > 0.5:
             break  # main process is gone; a straggler holding a pipe open gets no more time
-        for key, _ in sel.select(timeout=min(0.1, deadline - now)):
+        for key, _ in sel.select(timeout=min(0.05, deadline - now)):
             if key.data == "stdin":
                 try:
                     sent += os.write(key.fileobj.fileno(), stdin[sent : sent + 65536])

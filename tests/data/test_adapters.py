@@ -114,3 +114,22 @@ def test_shared_sets_load_completely():
         assert report.skipped == 0 and len({r["id"] for r in records}) == len(records)
     for name in ("aime24.jsonl", "amc23.jsonl", "math500.jsonl"):
         assert load_problems(shared_path("data", "math", name))[1].skipped == 0
+
+
+def test_canonical_code_rows_without_domain_are_detected_by_their_tests():
+    check = "def check(candidate):\n    assert candidate(1) == 2\n"
+    row = {"id": "HumanEval/x", "problem": "def inc(x):\n",
+           "tests": [{"testtype": "assert", "check": check, "entry_point": "inc"}]}
+    records, report = load_problems([row, {"id": "s", "problem": "p", "tests": [{"testtype": "stdin", "input": "", "output": "1"}]}])
+    assert report.loaded == 2 and report.formats["canonical"] == 2, str(report)
+    assert records[0]["domain"] == "code" and records[0]["tests"] == row["tests"]
+    # tests that are not canonical keep the rllm adapter (no id: never canonical)
+    assert detect_format({"problem": "p", "tests": [{"input": "1", "output": "2"}]}) == "rllm"
+
+
+def test_undecodable_and_deep_lines_are_counted(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    good = json.dumps({"id": "m", "domain": "math", "problem": "?", "answer": "1"}).encode()
+    path.write_bytes(good + b"\n" + b'{"id": "\xff"}\n' + b"[" * 100_000 + b"\n")
+    records, report = load_problems(path)
+    assert report.loaded == 1 and report.skipped == 2, str(report)

@@ -21,6 +21,9 @@ from tests.conftest import shared_path
         ("YES\n", "yes\n", False),
         ("abc 1\n", "abc 1.0\n", False),  # a line with a word is compared as text
         ("nan\n", "nan\n", True),
+        ("sNaN\n", "1\n", False),  # a signalling NaN must not raise in the comparison
+        ("sNaN\n", "sNaN\n", True),
+        ("1 sNaN\n", "1 NaN\n", False),
         ("", "", True),
     ],
 )

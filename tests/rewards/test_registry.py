@@ -70,3 +70,45 @@ def test_inline_mode_and_length_mismatch():
             pool.submit(["a"], [])
     with pytest.raises(ValueError, match="nope"):
         RewardPool({"math": [{"name": "nope"}]}, num_workers=0)
+
+
+USER_MODULE = '''
+import os
+from dsrl_jax.rewards import RewardResult, register
+
+@register("user_says_hi")
+def says_hi(response, record, **options):
+    return RewardResult(float("hi" in response), {"pid": os.getpid(), **options})
+'''
+
+
+def test_user_reward_module_is_imported_in_every_worker(tmp_path, monkeypatch):
+    """config.rewards.modules: a reward defined in the user's own module, used by the workers."""
+    import os
+
+    from dsrl_jax.rewards import import_modules, reward_settings
+
+    (tmp_path / "my_rewards_mod.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    cfg = ml_collections.ConfigDict({"modules": "my_rewards_mod", "allow_unsandboxed": False,
+                                     "math": [{"name": "user_says_hi", "options": {"tag": 7}}]})  # fmt: skip
+    assert reward_settings(cfg) == {"modules": "my_rewards_mod", "allow_unsandboxed": False}
+    with RewardPool(cfg.to_dict(), num_workers=2) as pool:
+        results = pool.score(["hi there", "bye"] * 2, [{"domain": "math", "answer": "1"}] * 4)
+    assert [r.score for r in results] == [1, 0, 1, 0]
+    pids = {r.info["pid"] for r in results}
+    assert os.getpid() not in pids and results[0].info["tag"] == 7  # scored in the workers
+    assert import_modules(" my_rewards_mod , ") == ["my_rewards_mod"]
+    with pytest.raises(ValueError, match="cannot import 'no_such_mod_dsrl'"):
+        import_modules("no_such_mod_dsrl")
+    with pytest.raises(ValueError, match="no_such_mod_dsrl"):
+        RewardPool({"modules": "no_such_mod_dsrl", "math": []}, num_workers=0)
+
+
+def test_base_config_rewards_block_validates():
+    from configs.base import get_config
+
+    rewards = get_config().rewards
+    assert rewards.modules == "" and rewards.allow_unsandboxed is False
+    assert set(parse_reward_config(rewards)) == {"math", "code"}
