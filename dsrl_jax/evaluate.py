@@ -13,6 +13,7 @@ Named benchmarks (see BENCHMARKS) are fetched from the Hugging Face hub; offline
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,7 +23,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from dsrl_jax import eval_metrics
+from dsrl_jax import eval_metrics, paths
 from dsrl_jax.data.prompts import format_prompt
 from dsrl_jax.data.sources import load_source
 from dsrl_jax.models import hf, qwen2
@@ -135,42 +136,36 @@ def samples_for(name: str, records: list[dict], opts) -> int:
 def _train_workdir(path: str) -> str | None:
     """The trainer's workdir if `path` is one, its checkpoints/ dir, or a step dir in it."""
     for cand in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
-        if all(os.path.exists(os.path.join(cand, f)) for f in ("checkpoints", "model_config.json", "tokenizer")):
+        if all(paths.exists(paths.join(cand, f)) for f in ("checkpoints", "model_config.json", "tokenizer")):
             return cand
     return None
 
 
 def load_policy(model_spec: str, **cfg_options) -> tuple[Qwen2Config, dict, str]:
-    """(cfg, params, tokenizer_dir) for a HF checkpoint dir, hub id, or training workdir."""
-    path = os.path.abspath(model_spec.rstrip("/")) if os.path.isdir(model_spec) else None
+    """(cfg, params, tokenizer_dir) for a HF checkpoint dir, hub id, or training workdir
+    (local or a URL)."""
+    path = paths.normalize(model_spec) if paths.is_url(model_spec) or os.path.isdir(model_spec) else None
     workdir = _train_workdir(path) if path else None
     if workdir is None:  # Hugging Face checkpoint: directory or hub id
         directory = hf.resolve(model_spec)
         cfg = Qwen2Config.from_file(directory, **cfg_options)
         return (*hf.load_params(directory, cfg), directory)
     # ---- our orbax training workdir: <workdir>/{model_config.json, tokenizer/, checkpoints/<step>/}
-    import orbax.checkpoint as ocp
-
     from dsrl_jax.checkpoint import Checkpointer
 
-    with open(os.path.join(workdir, "model_config.json"), encoding="utf-8") as f:
-        cfg = Qwen2Config.from_hf(json.load(f), **cfg_options)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    cfg = Qwen2Config.from_hf(json.loads(paths.read_text(paths.join(workdir, "model_config.json"))), **cfg_options)
+    ckpt = Checkpointer(paths.join(workdir, "checkpoints"), read_only=True)
     step = ckpt.latest_step()
-    if path.startswith(os.path.join(workdir, "checkpoints") + os.sep):  # a step dir was named
-        step = int(os.path.relpath(path, os.path.join(workdir, "checkpoints")).split(os.sep)[0])
+    if path.startswith(paths.join(workdir, "checkpoints") + "/"):  # a step dir was named
+        step = int(path[len(paths.join(workdir, "checkpoints")) + 1:].split("/")[0])
     if step is None:
         raise ValueError(f"{workdir}/checkpoints holds no complete checkpoint")
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                                     qwen2.abstract_params(cfg))}
-    # Only the params of the train state: Checkpointer.restore needs the full state tree.
-    args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
-                                  restore_args=ocp.checkpoint_utils.construct_restore_args(target))
-    with ocp.PyTreeCheckpointer() as reader:
-        state = reader.restore(ckpt.directory / str(step) / "state", args=args)
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          qwen2.abstract_params(cfg))
+    params = ckpt.restore_subtree(step, "params", target)
     ckpt.close()
-    return cfg, state["params"], os.path.join(workdir, "tokenizer")
+    return cfg, params, paths.join(workdir, "tokenizer")
 
 
 # ---- prompts and decoding ---------------------------------------------------------------
@@ -311,6 +306,16 @@ def evaluate_policy(cfg, params, tokenizer, benchmarks, opts, sampler=None, work
     own_pool = pool is None
     pool = pool or RewardPool(DEFAULT_CONFIG, num_workers=int(opts.reward_workers))
     summary = {}
+    with contextlib.ExitStack() as stack:
+        if workdir:  # a local copy of a remote (gs://) workdir, uploaded at the end
+            workdir = stack.enter_context(paths.staged(workdir))
+        _evaluate_all(benchmarks, summary, cfg, params, tokenizer, opts, sampler, pool, own_pool, stops,
+                      workdir, prompt_fn)
+    return summary
+
+
+def _evaluate_all(benchmarks, summary, cfg, params, tokenizer, opts, sampler, pool, own_pool, stops,
+                  workdir, prompt_fn) -> None:
     try:
         for name, records in benchmarks.items():
             bench_dir = os.path.join(workdir, name) if workdir else None
@@ -324,7 +329,6 @@ def evaluate_policy(cfg, params, tokenizer, benchmarks, opts, sampler=None, work
             json.dump(summary, f, indent=2)
         with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
             f.write(eval_metrics.results_markdown(summary))
-    return summary
 
 
 def metrics_for_logging(summary: dict, prefix: str = "eval") -> dict[str, float]:
@@ -341,8 +345,8 @@ def run(config, workdir: str) -> dict:
     benchmarks = {name: load_benchmark(name, path, config) for name, path in parse_benchmarks(config.benchmarks)}
     cfg, params, tok_dir = load_policy(config.model, dtype=config.get("dtype", "float32"))
     tokenizer = hf.load_tokenizer(tok_dir)
-    stops = default_stop_ids(cfg, tokenizer, tok_dir)
-    os.makedirs(workdir, exist_ok=True)
+    stops = default_stop_ids(cfg, tokenizer, hf.resolve(tok_dir))
+    paths.makedirs(workdir)
     summary = evaluate_policy(cfg, params, tokenizer, benchmarks, config, workdir=workdir,
                               stop_token_ids=stops)
     print(eval_metrics.results_markdown(summary))
@@ -353,13 +357,21 @@ def main(argv) -> None:
     del argv
     from absl import flags
 
+    from dsrl_jax.cli import UsageError
+
+    if flags.FLAGS.config is None:
+        raise UsageError("--config is required (e.g. --config=configs/eval.py --config.model=DIR)")
+    if not flags.FLAGS.workdir:
+        raise UsageError("--workdir is required (where responses, summary.json and results.md go)")
     run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
+    from dsrl_jax import cli
+
     config_flags.DEFINE_config_file("config", None, "Eval config file (configs/eval.py).", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Where responses, summary.json and results.md go.", required=True)
-    app.run(main)
+    flags.DEFINE_string("workdir", None, "Where responses, summary.json and results.md go (local or gs://...).")
+    cli.run(main)

@@ -15,9 +15,10 @@ import json
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
+from dsrl_jax import cli
 from dsrl_jax.models import hf
 from dsrl_jax.sampling import FINISH_REASONS, SampleOptions, Sampler
 
@@ -74,9 +75,12 @@ def read_prompts(path: str, tokenizer) -> list[tuple[str, list[int]]]:
 
 def main(argv):
     del argv
-    tokenizer = hf.load_tokenizer(FLAGS.tokenizer or FLAGS.model)
-    model_dir = hf.resolve(FLAGS.model)
-    cfg, params = hf.load_params(model_dir)
+    try:
+        tokenizer = hf.load_tokenizer(FLAGS.tokenizer or FLAGS.model)
+        model_dir = hf.resolve(FLAGS.model)
+        cfg, params = hf.load_params(model_dir)
+    except (OSError, ValueError) as e:
+        raise cli.UsageError(f"--model {FLAGS.model}: {e}") from e
     cfg = cfg.replace(dtype=FLAGS.dtype)
     try:
         prompts = read_prompts(FLAGS.prompts, tokenizer)
@@ -110,4 +114,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

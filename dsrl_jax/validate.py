@@ -24,6 +24,16 @@ def _fail(field: str, message: str):
     raise ConfigError(f"config.{field}: {message}")
 
 
+def _check_loss_names(field: str, loss) -> None:
+    """Names looked up in the loss registries: an unknown one fails with the choices."""
+    from dsrl_jax.rl import grpo
+
+    for key, registry in (("loss_agg", grpo.LOSS_AGGREGATIONS), ("kl_estimator", grpo.KL_ESTIMATORS),
+                          ("adv_std_mode", grpo.ADVANTAGE_STD_MODES)):
+        if key in loss and loss[key] not in registry:
+            _fail(f"{field}.{key}", f"unknown {key} {loss[key]!r}; choices: {', '.join(sorted(registry))}")
+
+
 def micro_batch_size(c: ml_collections.ConfigDict, dp: int) -> int:
     """train.micro_batch_size, where -1 means one sequence per data-parallel device (the
     paper configs: 8 on a v5e-8, 4 on a v4-8)."""
@@ -71,6 +81,7 @@ def validate_config(c: ml_collections.ConfigDict, *, check_files: bool = True, n
         validate_reward_config(c.rewards.to_dict())
     except (ValueError, KeyError, TypeError) as e:
         _fail("rewards", str(e))
+    _check_loss_names("loss", c.loss)
     try:
         grpo.validate_loss_config(c.loss)
     except (ValueError, AttributeError) as e:
@@ -85,6 +96,7 @@ def validate_config(c: ml_collections.ConfigDict, *, check_files: bool = True, n
             if k not in loss:
                 _fail(f"curriculum.stages[{i}].loss.{k}", f"unknown loss option; known: {sorted(loss)}")
             loss[k] = v
+        _check_loss_names(f"curriculum.stages[{i}].loss", loss)
         try:
             grpo.validate_loss_config(loss)
         except ValueError as e:
