@@ -29,6 +29,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import time
 from typing import Any, Iterator
 
@@ -197,7 +198,7 @@ def _start_wandb(workdir: str, options: dict, run_config: dict | None):
     except ImportError as e:
         raise ImportError("config.log.wandb.project is set but wandb is not installed (pip install wandb)") from e
     id_file = paths.join(workdir, "wandb_run_id.txt")
-    run_id = paths.read_text(id_file).strip() if paths.exists(id_file) else wandb.util.generate_id()
+    run_id = paths.read_text(id_file).strip() if paths.exists(id_file) else secrets.token_hex(6)
     local = None if paths.is_url(workdir) else workdir
     run = wandb.init(project=options["project"], entity=options.get("entity") or None,
                      name=options.get("name") or None, mode=options.get("mode") or None,
