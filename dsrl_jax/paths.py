@@ -70,11 +70,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def _files(root: epath.Path) -> Iterator[tuple[str, epath.Path]]:
-    """(relative path, path) of every file under `root`."""
+    """(relative path, path) of every file under `root` (fsspec's walk drops the URL
+    scheme from the paths it yields, so the relative part is kept from `root`)."""
+    top = os.fspath(root)
     for directory, _, files in root.walk():
+        d = os.fspath(directory)
+        if is_url(top) and not is_url(d):
+            d = top.split("://", 1)[0] + "://" + d
+        sub = os.path.relpath(d, top)
         for name in files:
-            p = directory / name
-            yield os.path.relpath(os.fspath(p), os.fspath(root)), p
+            rel = name if sub == "." else os.path.join(sub, name)
+            yield rel, epath.Path(top, rel)
 
 
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
