@@ -13,7 +13,7 @@ import os
 import jax
 import ml_collections
 
-from dsrl_jax import parallel
+from dsrl_jax import parallel, paths
 
 
 class ConfigError(ValueError):
@@ -114,6 +114,13 @@ def validate_config(c: ml_collections.ConfigDict, *, check_files: bool = True, n
 
         if init[7:] not in PRESETS:
             _fail("model.init", f"unknown preset {init[7:]!r}; known: {sorted(PRESETS)}")
+    elif check_files and paths.is_url(init):
+        try:
+            found = paths.isdir(init)
+        except ImportError as e:  # the URL's filesystem package (gcsfs for gs://)
+            _fail("model.init", f"{init!r}: {e} (pip install -e '.[gcs]')")
+        if not found:
+            _fail("model.init", f"{init!r}: no such directory")
     elif check_files and (init.startswith((".", "/")) or os.path.exists(init)) and not os.path.isdir(init):
         _fail("model.init", f"{init!r} is not a directory")
     if check_files:

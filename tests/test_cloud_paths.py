@@ -115,3 +115,31 @@ def test_demo_train_export_and_evaluate_on_gcs(gcs, tmp_path):
     assert json.loads(paths.read_text(f"{evals}/summary.json")) == json.loads(json.dumps(summary))
     rows = paths.read_text(f"{evals}/demo/responses.jsonl").splitlines()
     assert len(rows) == 2 * len(records)
+
+
+def test_training_model_init_from_gcs(gcs, r1_tokenizer_dir):
+    """`config.model.init=gs://...`: the trainer's model loading (and the config check)."""
+    import jax
+
+    from configs import base
+    from dsrl_jax import parallel
+    from dsrl_jax.models import hf, qwen2
+    from dsrl_jax.models.config import preset
+    from dsrl_jax.rl.trainer import load_model
+    from dsrl_jax.validate import ConfigError, validate_config
+
+    cfg = preset("tiny-untied", param_dtype="float32", dtype="float32")
+    params = qwen2.init_params(cfg, 3)
+    model_url = f"{ROOT}/models/tiny"
+    hf.save_params(model_url, cfg, params, tokenizer_dir=str(r1_tokenizer_dir))  # written to gs:// too
+    c = base.get_config()
+    c.model.update(init=model_url, dtype="float32", remat="none")
+    mesh = parallel.make_mesh(c.mesh.to_dict())
+    got_cfg, got, tokenizer, model_dir = load_model(c.model, mesh, c.sharding_rules.to_dict())
+    assert not paths.is_url(model_dir) and tokenizer.eos_token_id == 151643
+    assert got_cfg.hidden_size == cfg.hidden_size
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), got, params))
+    c.model.init = f"{ROOT}/models/missing"
+    c.data.sources = [{"hub": "unused/never-read"}]
+    with pytest.raises(ConfigError, match="model.init: .*no such directory"):
+        validate_config(c, num_devices=8)
