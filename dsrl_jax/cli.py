@@ -64,8 +64,7 @@ def resolve_config(value: str) -> str:
     if os.path.isfile(spec):
         return value
     name = os.path.basename(spec)[:-3] if spec.endswith(".py") else os.path.basename(spec)
-    parent = os.path.basename(os.path.dirname(os.path.normpath(spec)))
-    if os.path.dirname(spec) in ("", "configs") or parent == "configs":
+    if os.path.dirname(os.path.normpath(spec)) in ("", "configs"):  # a name, or the checkout-relative path
         try:
             candidate = os.path.join(configs_dir(), f"{name}.py")
         except UsageError:

@@ -63,8 +63,9 @@ def test_config_by_path_or_name_from_anywhere(tmp_path, monkeypatch):
     assert cli.resolve_config("configs/stage2.py:arg").endswith("stage2.py:arg")
     with pytest.raises(cli.UsageError, match="stage2"):
         cli.resolve_config("configs/stage3.py")
-    with pytest.raises(cli.UsageError):
-        cli.resolve_config("/elsewhere/stage2.py")  # an explicit other directory is not renamed
+    for other in ("/elsewhere/stage2.py", "/elsewhere/configs/stage2.py"):
+        with pytest.raises(cli.UsageError):
+            cli.resolve_config(other)  # an explicit other directory is not redirected
 
 
 def test_training_config_by_name_outside_the_checkout(tmp_path):
