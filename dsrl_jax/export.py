@@ -61,25 +61,23 @@ def export(workdir: str, out_dir: str, step: int | None = None, *, dtype: str | 
     return step
 
 
-flags.DEFINE_string("workdir", None, "Training workdir (local or gs://...).")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest complete one).")
-flags.DEFINE_string("out", None, "Output directory for the HF checkpoint (local or gs://...).")
-flags.DEFINE_string("push_to_hub", None, "Also upload to this hub model repository (owner/name).")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Weights' dtype (default: the run's parameter dtype).")
-FLAGS = flags.FLAGS
-
-
 def main(argv) -> None:
     del argv
     from absl import logging
 
     logging.set_verbosity(logging.ERROR)  # orbax logs every step of a restore at INFO
-    if not FLAGS.workdir or not FLAGS.out:
+    f = flags.FLAGS
+    if not f.workdir or not f.out:
         raise cli.UsageError("--workdir and --out are required")
-    step = export(FLAGS.workdir, FLAGS.out, FLAGS.step, dtype=FLAGS.dtype, push_to_hub=FLAGS.push_to_hub)
-    where = f" and pushed to {FLAGS.push_to_hub}" if FLAGS.push_to_hub else ""
-    print(f"exported step {step} of {FLAGS.workdir} to {FLAGS.out}{where}")
+    step = export(f.workdir, f.out, f.step, dtype=f.dtype, push_to_hub=f.push_to_hub)
+    where = f" and pushed to {f.push_to_hub}" if f.push_to_hub else ""
+    print(f"exported step {step} of {f.workdir} to {f.out}{where}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags defined here only: importing export() defines none
+    flags.DEFINE_string("workdir", None, "Training workdir (local or gs://...).")
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest complete one).")
+    flags.DEFINE_string("out", None, "Output directory for the HF checkpoint (local or gs://...).")
+    flags.DEFINE_string("push_to_hub", None, "Also upload to this hub model repository (owner/name).")
+    flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Weights' dtype (default: the run's parameter dtype).")
     cli.run(main)
