@@ -28,11 +28,13 @@ RUN_DIR = "{run_dir}"  # {run_dir_doc}
 RUN_DIR = os.environ.get("DSRL_RUN_DIR", RUN_DIR)
 
 # In Colab, install dsrl_jax first; where it is importable (CI, a dev checkout) nothing is installed.
-REPO_URL = "https://github.com/dsrl-jax/dsrl_jax"  # placeholder: the repository (or fork) to install from
+# DSRL_SOURCE: SET THIS to what pip installs dsrl_jax from: your clone's git URL
+# ("git+https://<host>/<you>/dsrl_jax"), or a path where you uploaded the checkout.
+DSRL_SOURCE = os.environ.get("DSRL_SOURCE", "/content/dsrl_jax")
 try:
     import dsrl_jax  # noqa: F401
 except ImportError:
-    %pip install -q "git+{{REPO_URL}}"
+    %pip install -q "{{DSRL_SOURCE}}"
     # A workdir on GCS: copy it locally first, e.g. !gsutil -m cp -r gs://bucket/run /content/run'''
 
 
@@ -170,7 +172,7 @@ print(sorted(k for k in cols if k not in ("step", "stage")))"""),
 DIFFICULTY_LEVELS = [
     ("code", setup_cell("dsrl_jax: difficulty levels of a scored dataset",
                         "/content/scored/problems.jsonl",
-                        "the output of python -m dsrl_jax.score (the file, or the directory holding it)")),
+                        "the output of python -m dsrl_jax.score (the file or its directory), or a run workdir holding scored/")),
     ("md", """\
 # Difficulty levels of a scored dataset
 
@@ -282,7 +284,7 @@ else:
 COMPARE_EVALS = [
     ("code", setup_cell("dsrl_jax: compare evaluations across checkpoints",
                         "/content/evals",
-                        "one eval workdir (holds summary.json), or a directory of them (e.g. one per step)")),
+                        "one eval workdir (holds summary.json), or a directory of them (a run's workdir or its evals/)")),
     ("md", """\
 # Evaluation results across checkpoints
 

@@ -80,4 +80,7 @@ def get_config():
     c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3, async_save=True, export_hf=True))
     c.eval = default_eval_config()
     c.log = ml_collections.ConfigDict(dict(tensorboard=True, progress=True))
+    # Weights & Biases beside TensorBoard and metrics.jsonl: off while project is "" (then
+    # wandb is never imported); mode "offline" writes the run locally for `wandb sync`.
+    c.log.wandb = ml_collections.ConfigDict(dict(project="", entity="", name="", mode="", tags=[]))
     return c

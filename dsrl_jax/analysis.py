@@ -179,9 +179,12 @@ def run_summary(cols: Mapping[str, list], names: Sequence[str] = ("reward/mean",
 # -- scored datasets (python -m dsrl_jax.score) ----------------------------------------------
 def find_scored_file(path: str) -> str:
     """The merged JSONL that dsrl_jax.score wrote: `path` itself, or the one file in the
-    directory `path` that is not a progress log (`*.scores.jsonl`)."""
+    directory `path` that is not a progress log (`*.scores.jsonl`). A run's workdir (the
+    demo's) keeps it under `scored/`, which is looked in first."""
     if os.path.isfile(path):
         return path
+    if os.path.isdir(os.path.join(path, "scored")):
+        path = os.path.join(path, "scored")
     cands = sorted(p for p in glob.glob(os.path.join(path, "*.jsonl"))
                    if not p.endswith(".scores.jsonl") and not p.endswith(".tmp"))
     if len(cands) != 1:

@@ -40,7 +40,9 @@ class Checkpointer:
     """Keeps the last `keep` checkpoints of a run in `directory` (local path or gs://...)."""
 
     def __init__(self, directory: str, keep: int | None = 3, async_save: bool = True,
-                 save_interval_steps: int = 1):
+                 save_interval_steps: int = 1, read_only: bool = False):
+        """`read_only=True` for readers beside a running job (evaluation, export): nothing
+        is created or cleaned up, so the writer's in-flight save is left alone."""
         path = epath.Path(directory)
         if "://" not in str(directory):
             path = path.expanduser().resolve()  # orbax wants absolute paths
@@ -49,8 +51,9 @@ class Checkpointer:
             max_to_keep=keep,
             save_interval_steps=save_interval_steps,
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,  # remove what a killed save left behind
-            create=True,
+            cleanup_tmp_directories=not read_only,  # remove what a killed save left behind
+            create=not read_only,
+            read_only=read_only,
         )
         self._manager = ocp.CheckpointManager(path, options=options,
                                               item_names=(_STATE, _EXTRA))
@@ -93,6 +96,15 @@ class Checkpointer:
         })
         restored = self._manager.restore(step, args=args)
         return restored[_STATE], dict(restored[_EXTRA] or {})
+
+    def restore_subtree(self, step: int, key: str, target: Any) -> Any:
+        """Only `state[key]` of checkpoint `step` (e.g. the params without the optimizer
+        state), into the shardings of `target` (an abstract pytree, see `abstract_like`)."""
+        self.wait()
+        args = ocp.args.PyTreeRestore(item={key: target}, partial_restore=True,
+                                      restore_args=ocp.checkpoint_utils.construct_restore_args({key: target}))
+        with ocp.PyTreeCheckpointer() as reader:
+            return reader.restore(self.directory / str(int(step)) / _STATE, args=args)[key]
 
     def wait(self) -> None:
         """Block until any in-flight async save has committed."""

@@ -13,6 +13,7 @@ Named benchmarks (see BENCHMARKS) are fetched from the Hugging Face hub; offline
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,7 +23,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from dsrl_jax import eval_metrics, parallel
+from dsrl_jax import eval_metrics, parallel, paths
 from dsrl_jax.data.sources import load_source
 from dsrl_jax.policy import Policy, load_policy, rollout
 from dsrl_jax.sampling import Sampler
@@ -244,18 +245,21 @@ def evaluate_policy(policy: Policy, benchmarks, opts, *, params=None, sampler=No
     own_pool = pool is None
     pool = pool or RewardPool(DEFAULT_CONFIG, num_workers=int(opts.reward_workers))
     summary = {}
-    try:
-        for name, records in benchmarks.items():
-            bench_dir = os.path.join(workdir, name) if workdir else None
-            summary[name] = evaluate_benchmark(name, records, policy, opts, sampler, pool, bench_dir, params)
-    finally:
-        if own_pool:
-            pool.close()
-    if workdir and jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-        with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-            f.write(eval_metrics.results_markdown(summary))
+    with contextlib.ExitStack() as stack:
+        if workdir:  # a local copy of a remote (gs://) workdir, uploaded at the end
+            workdir = stack.enter_context(paths.staged(workdir))
+        try:
+            for name, records in benchmarks.items():
+                bench_dir = os.path.join(workdir, name) if workdir else None
+                summary[name] = evaluate_benchmark(name, records, policy, opts, sampler, pool, bench_dir, params)
+        finally:
+            if own_pool:
+                pool.close()
+        if workdir and jax.process_index() == 0:
+            with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2)
+            with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+                f.write(eval_metrics.results_markdown(summary))
     return summary
 
 
@@ -275,7 +279,7 @@ def run(config, workdir: str) -> dict:
     rules = config.sharding_rules.to_dict()
     policy = load_policy(config.model, mesh, rules, tokenizer=config.get("tokenizer") or None,
                          prompt_mode=config.prompt_mode, dtype=config.get("dtype", "float32"))
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     summary = evaluate_policy(policy, benchmarks, config, workdir=workdir)
     print(eval_metrics.results_markdown(summary))
     return summary
@@ -285,13 +289,21 @@ def main(argv) -> None:
     del argv
     from absl import flags
 
+    from dsrl_jax.cli import UsageError
+
+    if flags.FLAGS.config is None:
+        raise UsageError("--config is required (e.g. --config=configs/eval.py --config.model=DIR)")
+    if not flags.FLAGS.workdir:
+        raise UsageError("--workdir is required (where responses, summary.json and results.md go)")
     run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
+    from dsrl_jax import cli
+
     config_flags.DEFINE_config_file("config", None, "Eval config file (configs/eval.py).", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Where responses, summary.json and results.md go.", required=True)
-    app.run(main)
+    flags.DEFINE_string("workdir", None, "Where responses, summary.json and results.md go (local or gs://...).")
+    cli.run(main)

@@ -17,10 +17,10 @@ import json
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
-from dsrl_jax import parallel
+from dsrl_jax import cli, parallel
 from dsrl_jax.models import hf
 from dsrl_jax.policy import load_policy, rollout
 from dsrl_jax.sampling import Sampler
@@ -93,8 +93,11 @@ def main(argv):
     try:
         mesh = parallel.make_mesh(parse_mesh(FLAGS.mesh))
     except ValueError as e:
-        sys.exit(f"error: {e}")
-    policy = load_policy(FLAGS.model, mesh, tokenizer=FLAGS.tokenizer, dtype=FLAGS.dtype)
+        raise cli.UsageError(str(e)) from e
+    try:
+        policy = load_policy(FLAGS.model, mesh, tokenizer=FLAGS.tokenizer, dtype=FLAGS.dtype)
+    except (OSError, ValueError) as e:
+        raise cli.UsageError(f"--model {FLAGS.model}: {e}") from e
     tokenizer = policy.tokenizer
     try:
         prompts = read_prompts(FLAGS.prompts, tokenizer)
@@ -125,4 +128,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,7 +13,15 @@ written metrics for steps 100..120, which the resumed run writes again. Pass
 to purge them via `purge_step`), so a resumed run leaves one line per step.
 
 Only the primary process should write: pass `is_primary=jax.process_index() == 0`.
-Paths are local; for a gs:// workdir, write metrics to a local directory and sync it.
+The workdir may be a URL (gs://...): object stores cannot append, so the files are written
+in a local copy (`paths.Staged`) and uploaded on every `flush()` and on `close()`; a resumed
+run downloads metrics.jsonl first.
+
+Weights & Biases (optional, never required): `wandb={"project": "my-project", ...}` (keys
+project, entity, name, mode, tags; from `config.log.wandb`) also logs every record's
+scalars with `wandb.log(..., step=step)`, the run's config as the W&B config; the run id is
+kept in `<workdir>/wandb_run_id.txt` so a resumed run continues the same W&B run. An empty
+project turns it off; wandb is imported only then.
 """
 from __future__ import annotations
 
@@ -21,10 +29,13 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import time
 from typing import Any, Iterator
 
 import numpy as np
+
+from dsrl_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tensorboard"
@@ -85,7 +96,7 @@ def truncate_metrics(path: str | os.PathLike, step: int) -> int:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Lines of a JSONL file; blank and unparseable (half-written last) lines are skipped."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with paths.Path(path).open("r") as f:
         for line in f:
             try:
                 rows.append(json.loads(line))
@@ -99,8 +110,8 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
     Non-finite values come back as None; an unparseable (half-written) line is skipped.
     """
-    if os.path.isdir(path):
-        path = os.path.join(path, METRICS_FILE)
+    if paths.isdir(path):
+        path = paths.join(path, METRICS_FILE)
     return read_jsonl(path)
 
 
@@ -108,26 +119,31 @@ class MetricsWriter:
     """Appends metrics to `<workdir>/metrics.jsonl` and TensorBoard scalars."""
 
     def __init__(self, workdir: str | os.PathLike, use_tensorboard: bool = True, *,
-                 resume_step: int | None = None, is_primary: bool = True):
-        self.workdir = os.fspath(workdir)
-        if "://" in self.workdir:
-            raise ValueError(f"MetricsWriter needs a local directory, got {self.workdir}")
-        self.path = os.path.join(self.workdir, METRICS_FILE)
+                 resume_step: int | None = None, is_primary: bool = True,
+                 wandb: dict | None = None, run_config: dict | None = None):
+        self.workdir = paths.normalize(workdir)
+        self.path = paths.join(self.workdir, METRICS_FILE)  # where the record ends up
         self.enabled = is_primary
-        self._file = self._tb = None
+        self._file = self._tb = self._wandb = self._staged = None
         if not self.enabled:
             return
-        os.makedirs(self.workdir, exist_ok=True)
+        # A local directory, or a local copy of a remote one (only metrics.jsonl is needed).
+        self._staged = paths.Staged(self.workdir, download=False)
+        if self._staged.remote and paths.exists(paths.join(self.workdir, METRICS_FILE)):
+            paths.copy_file(paths.join(self.workdir, METRICS_FILE), os.path.join(self._staged.local, METRICS_FILE))
+        local_path = os.path.join(self._staged.local, METRICS_FILE)
         if resume_step is not None:
-            truncate_metrics(self.path, resume_step)
-        self._file = open(self.path, "a", encoding="utf-8")
+            truncate_metrics(local_path, resume_step)
+        self._file = open(local_path, "a", encoding="utf-8")
         if use_tensorboard:
             from tensorboardX import SummaryWriter  # heavy import, only when used
             # tensorboardX names event files by the second and opens them with "wb": a
             # run resumed within the same second would overwrite the old file without
             # a unique suffix; nanoseconds keep the files' name order chronological.
-            self._tb = SummaryWriter(os.path.join(self.workdir, TB_DIR), purge_step=resume_step,
+            self._tb = SummaryWriter(os.path.join(self._staged.local, TB_DIR), purge_step=resume_step,
                                      flush_secs=30, filename_suffix=f".{time.time_ns()}")
+        if wandb and wandb.get("project"):
+            self._wandb = _start_wandb(self.workdir, dict(wandb), run_config)
 
     def write(self, step: int, metrics: dict[str, Any], stage: Any = None) -> dict:
         """Write one record for `step`; returns the JSON-able record that was written."""
@@ -136,18 +152,23 @@ class MetricsWriter:
         if not self.enabled:
             return record
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        scalars = {name: _scalar_or_none(value) for name, value in metrics.items()}
+        scalars = {name: v for name, v in scalars.items() if v is not None}
         if self._tb is not None:
-            for name, value in metrics.items():
-                scalar = _scalar_or_none(value)
-                if scalar is not None:
-                    self._tb.add_scalar(name, scalar, int(step))
+            for name, scalar in scalars.items():
+                self._tb.add_scalar(name, scalar, int(step))
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=int(step))
         return record
 
     def flush(self) -> None:
+        """Flush the files (and upload them when the workdir is remote)."""
         if self._file is not None:
             self._file.flush()
         if self._tb is not None:
             self._tb.flush()
+        if self._staged is not None:
+            self._staged.sync()
 
     def close(self) -> None:
         if self._file is not None:
@@ -156,12 +177,35 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+        if self._staged is not None:
+            self._staged.close()
+            self._staged = None
 
     def __enter__(self) -> "MetricsWriter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _start_wandb(workdir: str, options: dict, run_config: dict | None):
+    """A W&B run for `workdir`, resumed when the workdir already has one."""
+    try:
+        import wandb
+    except ImportError as e:
+        raise ImportError("config.log.wandb.project is set but wandb is not installed (pip install wandb)") from e
+    id_file = paths.join(workdir, "wandb_run_id.txt")
+    run_id = paths.read_text(id_file).strip() if paths.exists(id_file) else secrets.token_hex(6)
+    local = None if paths.is_url(workdir) else workdir
+    run = wandb.init(project=options["project"], entity=options.get("entity") or None,
+                     name=options.get("name") or None, mode=options.get("mode") or None,
+                     tags=list(options.get("tags") or []) or None, config=run_config, id=run_id,
+                     resume="allow", dir=local)
+    paths.write_text(id_file, run_id + "\n")
+    return run
 
 
 class Timer:

@@ -34,7 +34,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from dsrl_jax import parallel
+from dsrl_jax import parallel, paths
+from dsrl_jax.checkpoint import Checkpointer
 from dsrl_jax.data.prompts import format_prompt
 from dsrl_jax.models import hf, qwen2
 from dsrl_jax.models.config import Qwen2Config, preset
@@ -106,51 +107,42 @@ def default_stop_ids(cfg: Qwen2Config, tokenizer, model_dir: str | None = None) 
 
 
 def train_workdir(path: str) -> tuple[str, int | None] | None:
-    """(workdir, step or None) when `path` is a training workdir, its checkpoints/ dir or a
-    step directory in it; None otherwise."""
-    path = os.path.abspath(path.rstrip("/"))
+    """(workdir, step or None) when `path` (local or a URL) is a training workdir, its
+    checkpoints/ dir or a step directory in it; None otherwise."""
+    path = paths.normalize(path) if paths.is_url(path) else os.path.abspath(path.rstrip("/"))
+    cand = path
     for up in range(3):
-        cand = path
-        for _ in range(up):
-            cand = os.path.dirname(cand)
-        if all(os.path.exists(os.path.join(cand, f)) for f in ("checkpoints", "model_config.json")):
-            rel = os.path.relpath(path, os.path.join(cand, "checkpoints"))
-            step = int(rel.split(os.sep)[0]) if up and rel.split(os.sep)[0].isdigit() else None
-            return cand, step
+        if all(paths.exists(paths.join(cand, f)) for f in ("checkpoints", "model_config.json")):
+            rel = path[len(paths.join(cand, "checkpoints")) + 1:].split("/")[0] if up else ""
+            return cand, int(rel) if rel.isdigit() else None
+        cand = cand.rsplit("/", 1)[0]
     return None
 
 
 def _split_step(spec: str) -> tuple[str, int | None]:
     """"run@120" -> ("run", 120); anything else unchanged."""
     base, sep, step = spec.rpartition("@")
-    if sep and step.isdigit() and os.path.isdir(base):
+    if sep and step.isdigit() and (paths.is_url(base) or os.path.isdir(base)):
         return base, int(step)
     return spec, None
 
 
 def restore_params(workdir: str, cfg: Qwen2Config, shardings, step: int | None = None) -> tuple[dict, int]:
     """The params of a training checkpoint (latest, or `step`), loaded straight into
-    `shardings`; the optimizer state is not read."""
-    import orbax.checkpoint as ocp
-
-    from dsrl_jax.checkpoint import Checkpointer
-
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    `shardings`; the optimizer state is not read, and a running job's saves are left alone."""
+    ckpt = Checkpointer(paths.join(workdir, "checkpoints"), read_only=True)
     try:
         steps = ckpt.all_steps()
         step = ckpt.latest_step() if step is None else int(step)
         if step is None or step not in steps:
             raise ValueError(f"{workdir}/checkpoints: no complete checkpoint"
                              + (f" of step {step} (have {steps})" if step is not None else ""))
-        target = {"params": jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                         qwen2.abstract_params(cfg), shardings)}
-        args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
-                                      restore_args=ocp.checkpoint_utils.construct_restore_args(target))
-        with ocp.PyTreeCheckpointer() as reader:
-            state = reader.restore(ckpt.directory / str(step) / "state", args=args)
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              qwen2.abstract_params(cfg), shardings)
+        params = ckpt.restore_subtree(step, "params", target)
     finally:
         ckpt.close()
-    return state["params"], step
+    return params, step
 
 
 def load_policy(spec: str, mesh: jax.sharding.Mesh | None = None, rules: dict | None = None, *,
@@ -165,18 +157,18 @@ def load_policy(spec: str, mesh: jax.sharding.Mesh | None = None, rules: dict | 
     model_dir, params, cfg = None, None, None
     shardings_of = lambda c: parallel.param_shardings(qwen2.logical_axes(c), qwen2.abstract_params(c), mesh, rules)
     base, step = _split_step(spec)
-    found = train_workdir(base) if os.path.isdir(base) else None
+    found = train_workdir(base) if paths.is_url(base) or os.path.isdir(base) else None
     if spec.startswith("preset:"):
         cfg = preset(spec.split(":", 1)[1], **cfg_options)
         params = jax.jit(lambda: qwen2.init_params(cfg, seed), out_shardings=shardings_of(cfg))()
     elif found is not None:  # our orbax training workdir
         workdir, dir_step = found
-        with open(os.path.join(workdir, "model_config.json"), encoding="utf-8") as f:
-            cfg = Qwen2Config.from_hf(json.load(f), **cfg_options)
+        cfg = Qwen2Config.from_hf(json.loads(paths.read_text(paths.join(workdir, "model_config.json"))), **cfg_options)
         params, _ = restore_params(workdir, cfg, shardings_of(cfg), step if step is not None else dir_step)
-        if tokenizer is None and os.path.isdir(os.path.join(workdir, "tokenizer")):
-            tokenizer = os.path.join(workdir, "tokenizer")
-        model_dir = workdir if os.path.exists(os.path.join(workdir, "generation_config.json")) else None
+        if tokenizer is None and paths.exists(paths.join(workdir, "tokenizer")):
+            tokenizer = paths.join(workdir, "tokenizer")
+        if not paths.is_url(workdir) and os.path.exists(os.path.join(workdir, "generation_config.json")):
+            model_dir = workdir  # its stop ids (a remote workdir's come from the tokenizer)
     else:  # a Hugging Face checkpoint: directory or hub id
         model_dir = hf.resolve(spec)
         cfg = Qwen2Config.from_file(model_dir, **cfg_options)

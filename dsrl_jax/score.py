@@ -226,8 +226,9 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
     from ml_collections import config_flags
 
+    from dsrl_jax import cli
+
     config_flags.DEFINE_config_file("config", None, "Scoring config (configs/score.py).", lock_config=True)
-    app.run(main)
+    cli.run(main)

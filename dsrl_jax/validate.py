@@ -13,7 +13,7 @@ import os
 import jax
 import ml_collections
 
-from dsrl_jax import parallel
+from dsrl_jax import parallel, paths
 
 
 class ConfigError(ValueError):
@@ -22,6 +22,16 @@ class ConfigError(ValueError):
 
 def _fail(field: str, message: str):
     raise ConfigError(f"config.{field}: {message}")
+
+
+def _check_loss_names(field: str, loss) -> None:
+    """Names looked up in the loss registries: an unknown one fails with the choices."""
+    from dsrl_jax.rl import grpo
+
+    for key, registry in (("loss_agg", grpo.LOSS_AGGREGATIONS), ("kl_estimator", grpo.KL_ESTIMATORS),
+                          ("adv_std_mode", grpo.ADVANTAGE_STD_MODES)):
+        if key in loss and loss[key] not in registry:
+            _fail(f"{field}.{key}", f"unknown {key} {loss[key]!r}; choices: {', '.join(sorted(registry))}")
 
 
 def micro_batch_size(c: ml_collections.ConfigDict, dp: int) -> int:
@@ -71,6 +81,7 @@ def validate_config(c: ml_collections.ConfigDict, *, check_files: bool = True, n
         validate_reward_config(c.rewards.to_dict())
     except (ValueError, KeyError, TypeError) as e:
         _fail("rewards", str(e))
+    _check_loss_names("loss", c.loss)
     try:
         grpo.validate_loss_config(c.loss)
     except (ValueError, AttributeError) as e:
@@ -85,6 +96,7 @@ def validate_config(c: ml_collections.ConfigDict, *, check_files: bool = True, n
             if k not in loss:
                 _fail(f"curriculum.stages[{i}].loss.{k}", f"unknown loss option; known: {sorted(loss)}")
             loss[k] = v
+        _check_loss_names(f"curriculum.stages[{i}].loss", loss)
         try:
             grpo.validate_loss_config(loss)
         except ValueError as e:
@@ -102,6 +114,13 @@ def validate_config(c: ml_collections.ConfigDict, *, check_files: bool = True, n
 
         if init[7:] not in PRESETS:
             _fail("model.init", f"unknown preset {init[7:]!r}; known: {sorted(PRESETS)}")
+    elif check_files and paths.is_url(init):
+        try:
+            found = paths.isdir(init)
+        except ImportError as e:  # the URL's filesystem package (gcsfs for gs://)
+            _fail("model.init", f"{init!r}: {e} (pip install -e '.[gcs]')")
+        if not found:
+            _fail("model.init", f"{init!r}: no such directory")
     elif check_files and (init.startswith((".", "/")) or os.path.exists(init)) and not os.path.isdir(init):
         _fail("model.init", f"{init!r} is not a directory")
     if check_files:

@@ -13,9 +13,10 @@ a character tokenizer and synthetic arithmetic, so the whole build takes about a
 
 DSRL_NOTEBOOK_FIXTURES picks the fixtures: "demo" (default: the CPU demo's smoke run,
 `python -m dsrl_jax.main --config=configs/demo.py --config.smoke=True`, whose workdir holds
-metrics.jsonl, scored/ and evals/<label>/summary.json), "project" (the above), or the path of a prebuilt
-root (a demo workdir when it holds metrics.jsonl, else the layout above). RUN_DIRS says
-which directory under the root each notebook reads.
+metrics.jsonl, scored/ and evals/<label>/summary.json; every notebook's DSRL_RUN_DIR is that
+workdir), "project" (the above), or the path of a prebuilt root (a demo workdir when it holds
+metrics.jsonl, else the layout above). RUN_DIRS says which directory under the root each
+notebook reads.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ FIXTURES = os.environ.get("DSRL_NOTEBOOK_FIXTURES", "demo")  # project | demo | 
 # The RUN_DIR of each notebook, relative to the fixture root, per layout.
 RUN_DIRS = {
     "project": {"run_curves.ipynb": "train", "difficulty_levels.ipynb": "scored", "compare_evals.ipynb": "evals"},
-    "demo": {"run_curves.ipynb": ".", "difficulty_levels.ipynb": "scored", "compare_evals.ipynb": "evals"},
+    # Every notebook reads the demo's workdir itself, as `python -m dsrl_jax.main` wrote it.
+    "demo": {"run_curves.ipynb": ".", "difficulty_levels.ipynb": ".", "compare_evals.ipynb": "."},
 }
 NOTEBOOKS = sorted(RUN_DIRS["project"])
 # Subprocess environment: fresh JAX on one CPU device with cheap compiles (each program runs
@@ -216,6 +218,9 @@ def test_notebook_is_committed_clean_with_settings_cell(name):
     assert nb.cells[0].cell_type == "code"
     assert 'RUN_DIR = os.environ.get("DSRL_RUN_DIR", RUN_DIR)' in first
     assert "import dsrl_jax" in first and "except ImportError" in first and "%pip install" in first
+    # The install source is a variable the user sets, not a made-up repository URL.
+    assert 'DSRL_SOURCE = os.environ.get("DSRL_SOURCE"' in first and "SET THIS" in first
+    assert "placeholder" not in first and "github.com" not in first
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
 

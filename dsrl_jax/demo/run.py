@@ -16,7 +16,7 @@ import time
 import jax
 import ml_collections
 
-from dsrl_jax import score
+from dsrl_jax import paths, score
 from dsrl_jax.demo.evaluate import demo_policy, pass_at_1
 from dsrl_jax.demo.sft import demo_model_config, warm_start
 from dsrl_jax.demo.task import make_splits
@@ -97,13 +97,21 @@ def _evaluate(policy, records, config, pool, workdir, label):
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    from dsrl_jax.rl.trainer import Trainer
+    """The demo in `workdir` (local or a URL): the trainer writes its checkpoints, metrics and
+    periodic evals there itself; the demo's own files (models, scores, held-out evals,
+    results) are written in a local copy of it that is uploaded at the end."""
     from dsrl_jax.validate import validate_config
 
     if config.smoke:
         _apply_smoke(config)
     validate_config(config, check_files=False)
-    os.makedirs(workdir, exist_ok=True)
+    with paths.staged(workdir, exclude=("checkpoints", "tensorboard")) as local:
+        return _run_demo(config, local, paths.normalize(workdir))
+
+
+def _run_demo(config, workdir: str, train_workdir: str) -> dict:
+    from dsrl_jax.rl.trainer import Trainer
+
     d, tok = config.demo, CharTokenizer()
     splits = make_splits({"eval": d.eval_size, "sft": d.sft_size, "rl": d.rl_size}, seed=config.seed)
     cfg = demo_model_config(tok.vocab_size, scan_layers=config.model.scan_layers)
@@ -121,7 +129,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f"held-out Pass@1 after the warm start: {before['pass@1']:.3f} (greedy {before['greedy_accuracy']:.3f})")
 
     levelled = _score(config, tok, splits["rl"], dirs, workdir)
-    trainer = Trainer(config, workdir, records=levelled, policy=demo_policy(cfg, params["warm-start"], tok))
+    trainer = Trainer(config, train_workdir, records=levelled, policy=demo_policy(cfg, params["warm-start"], tok))
     try:
         trainer.run()
         final = jax.device_get(trainer.state["params"])

@@ -1,5 +1,9 @@
 """Hugging Face checkpoints in and out: config.json, safetensors, tokenizers.
 
+Model paths may be local directories, hub ids or URLs (gs://...): a URL is downloaded once
+into a local cache (`paths.local_copy`), since safetensors are read memory-mapped. Saving
+to a URL writes a local copy and uploads it.
+
 Loading places every tensor straight into its sharding: `jax.make_array_from_callback`
 asks for each device's shard, and the callback reads just the layers that shard covers
 from memory-mapped safetensors. No device ever holds a full copy it does not own.
@@ -16,6 +20,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from dsrl_jax import paths
 from dsrl_jax.models import qwen2, safetensors_io
 from dsrl_jax.models.config import Qwen2Config
 
@@ -28,7 +33,12 @@ _TOKENIZER_FILES = (
 
 
 def resolve(path_or_id: str) -> str:
-    """A local directory for a local path or a Hugging Face hub id (downloaded once)."""
+    """A local directory for a local path, a URL (gs://...) or a Hugging Face hub id
+    (both downloaded once)."""
+    if paths.is_url(path_or_id):
+        if not paths.exists(paths.join(path_or_id, "config.json")) and not paths.isdir(path_or_id):
+            raise ValueError(f"model path {path_or_id!r}: no such directory")
+        return paths.local_copy(path_or_id)
     if os.path.isdir(path_or_id):
         return path_or_id
     if os.path.exists(path_or_id) or path_or_id.startswith((".", "/")) or path_or_id.count("/") != 1:
@@ -169,7 +179,7 @@ def save_params(out_dir: str, cfg: Qwen2Config, params: dict, *, tokenizer_dir: 
     """Writes a HF checkpoint directory that `AutoModelForCausalLM.from_pretrained` loads:
     config.json, safetensors (sharded by size, with an index when more than one file),
     generation_config.json and, when `tokenizer_dir` is given, its tokenizer files.
-    In multi-host runs every process must call this; process 0 writes."""
+    `out_dir` may be a URL. In multi-host runs every process must call this; process 0 writes."""
     dtype = np.dtype(dtype or cfg.param_dtype) if dtype != "bfloat16" else np.dtype(jax.numpy.bfloat16)
     flat = _flatten(params)
     tensors: dict[str, np.ndarray] = {}
@@ -182,7 +192,11 @@ def save_params(out_dir: str, cfg: Qwen2Config, params: dict, *, tokenizer_dir: 
             tensors[name] = to_hf(host)
     if jax.process_index() != 0:
         return
-    os.makedirs(out_dir, exist_ok=True)
+    with paths.staged(out_dir, download=False) as local:
+        _write_hf_dir(local, cfg, tensors, dtype, tokenizer_dir, generation_config, max_shard_bytes)
+
+
+def _write_hf_dir(out_dir, cfg, tensors, dtype, tokenizer_dir, generation_config, max_shard_bytes) -> None:
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
     for name, arr in tensors.items():
@@ -207,6 +221,7 @@ def save_params(out_dir: str, cfg: Qwen2Config, params: dict, *, tokenizer_dir: 
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(hf_cfg, f, indent=2)
     gen = generation_config
+    tokenizer_dir = paths.local_copy(tokenizer_dir) if tokenizer_dir else None
     if gen is None and tokenizer_dir and os.path.exists(os.path.join(tokenizer_dir, "generation_config.json")):
         with open(os.path.join(tokenizer_dir, "generation_config.json"), encoding="utf-8") as f:
             gen = json.load(f)

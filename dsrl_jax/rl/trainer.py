@@ -20,8 +20,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
-import shutil
 import time
 from typing import Callable
 
@@ -31,7 +29,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from dsrl_jax import parallel
+from dsrl_jax import parallel, paths
 from dsrl_jax import policy as policy_lib
 from dsrl_jax.checkpoint import Checkpointer, abstract_like
 from dsrl_jax.data.pipeline import PromptPipeline
@@ -60,8 +58,8 @@ class Trainer:
         from dsrl_jax.validate import validate_config
 
         validate_config(config, check_files=records is None)
-        self.config, self.workdir = config, workdir
-        os.makedirs(workdir, exist_ok=True)
+        self.config, self.workdir = config, paths.normalize(workdir)  # local or a URL (gs://...)
+        paths.makedirs(self.workdir)
         self.rules = config.sharding_rules.to_dict()
         self.mesh = parallel.make_mesh(config.mesh.to_dict())
         if policy is None:
@@ -87,7 +85,7 @@ class Trainer:
         if any(self._loss_cfg(s).kl_coef for s in config.curriculum.stages):
             self.ref_params = jax.tree.map(jnp.copy, params)  # the frozen reference policy
         self.sampler = Sampler(self.cfg, self.mesh, self.rules)
-        self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+        self.checkpointer = Checkpointer(paths.join(self.workdir, "checkpoints"), keep=config.checkpoint.keep,
                                          async_save=config.checkpoint.async_save)
         self.pipeline = None
         self._steps_cache: dict = {}
@@ -96,9 +94,11 @@ class Trainer:
         self._write_run_files()
         # The checkpoint of step s is taken after step s's metrics were written: keep them,
         # drop the lines of steps after s that the killed run wrote (they are redone).
-        self.metrics = MetricsWriter(workdir, config.log.tensorboard,
+        self.metrics = MetricsWriter(self.workdir, config.log.tensorboard,
                                      resume_step=None if resumed is None else resumed + 1,
-                                     is_primary=jax.process_index() == 0)
+                                     is_primary=jax.process_index() == 0,
+                                     wandb=config.log.wandb.to_dict() if "wandb" in config.log else None,
+                                     run_config=config.to_dict())
         timeout = config.reward_timeout_s or None
         self.pool = RewardPool(config.rewards.to_dict(), num_workers=config.reward_workers, timeout_s=timeout)
 
@@ -142,15 +142,14 @@ class Trainer:
     def _write_run_files(self):
         if jax.process_index() != 0:
             return
-        with open(os.path.join(self.workdir, "config.json"), "w") as f:
-            f.write(self.config.to_json_best_effort(indent=2))
-        with open(os.path.join(self.workdir, "model_config.json"), "w") as f:
-            json.dump(self.cfg.to_hf(), f, indent=2)
+        paths.write_text(paths.join(self.workdir, "config.json"), self.config.to_json_best_effort(indent=2))
+        paths.write_text(paths.join(self.workdir, "model_config.json"), json.dumps(self.cfg.to_hf(), indent=2))
         if hasattr(self.tokenizer, "save_pretrained"):
-            self.tokenizer.save_pretrained(os.path.join(self.workdir, "tokenizer"))
-        gen_cfg = os.path.join(self.policy.model_dir or "", "generation_config.json")
-        if self.policy.model_dir and os.path.exists(gen_cfg):  # its stop ids, for load_policy(workdir)
-            shutil.copyfile(gen_cfg, os.path.join(self.workdir, "generation_config.json"))
+            with paths.staged(paths.join(self.workdir, "tokenizer"), download=False) as local:
+                self.tokenizer.save_pretrained(local)
+        gen_cfg = paths.join(self.policy.model_dir or "", "generation_config.json")
+        if self.policy.model_dir and paths.exists(gen_cfg):  # its stop ids, for load_policy(workdir)
+            paths.copy_file(gen_cfg, paths.join(self.workdir, "generation_config.json"))
 
     # -- one step --------------------------------------------------------------------------
     def _sample_options(self, stage) -> SampleOptions:
@@ -297,11 +296,11 @@ class Trainer:
         step = int(self.state["step"])
         summary = evaluate_policy(self.policy, self.config.eval.benchmarks, self.config.eval,
                                   params=self.state["params"], sampler=self.sampler, pool=self.pool,
-                                  workdir=os.path.join(self.workdir, "evals", f"step_{step}"))
+                                  workdir=paths.join(self.workdir, "evals", f"step_{step}"))
         return metrics_for_logging(summary)
 
     def export_hf(self, out_dir: str | None = None):
-        out_dir = out_dir or os.path.join(self.workdir, "hf")
+        out_dir = out_dir or paths.join(self.workdir, "hf")
         hf.save_params(out_dir, self.cfg, self.state["params"], tokenizer_dir=self.policy.model_dir)
         return out_dir
 
