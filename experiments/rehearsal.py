@@ -1,7 +1,7 @@
 """A rehearsal of the paper's pipeline, end to end, on 8 CPU devices with a (fsdp=4, tensor=2) mesh.
 
-    python experiments/rehearsal.py                 # ~4 min on 2 idle cores; writes experiments/results/rehearsal.json
-    python experiments/rehearsal.py --quick --out /tmp/rehearsal.json   # the CI test's smaller run
+    python experiments/rehearsal.py            # ~5 CPU-minutes; writes experiments/results/rehearsal.json
+    python experiments/rehearsal.py --quick --out /tmp/rehearsal.json   # the CI test's smaller run (~3)
 
 It runs the paper's real configs (`configs/score.py`, `configs/staged.py`, `configs/eval.py`)
 through the library's own entry points (`score.run`, `Trainer.run` + `export_hf`, as
