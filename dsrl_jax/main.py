@@ -54,7 +54,7 @@ def main(argv):
     trainer = Trainer(config, workdir)
     try:
         trainer.run()
-        if config.checkpoint.export_hf and trainer.model_dir:
+        if config.checkpoint.export_hf and trainer.policy.model_dir:
             print(f"exported Hugging Face checkpoint to {trainer.export_hf()}")
     finally:
         trainer.close()
