@@ -9,7 +9,6 @@ import pathlib
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -113,13 +112,11 @@ def test_cli_rejects_bad_config_fast(tmp_path, data_file, case):
     config = tmp_path / f"{case}.py"
     config.write_text(CONFIG_FILE.format(data=data_file, body=body))
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "dsrl_jax.main", f"--config={config}",
                            f"--workdir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
-    elapsed = time.perf_counter() - t0
     assert proc.returncode != 0
     assert field in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was started
-    assert elapsed < 10.0, f"{case}: {elapsed:.1f} s"
+    assert "policy " not in proc.stdout  # rejected before the model was loaded (load_policy reports it)
