@@ -186,9 +186,6 @@ def run_trl(job: dict) -> dict:
 
 
 def trl_subprocess(python: str, job: dict) -> dict:
-    if not os.path.exists(python):
-        sys.exit(f"error: --trl_python {python} does not exist (python -m venv /work/venv-trl && "
-                 "/work/venv-trl/bin/pip install trl torch==2.13.0)")
     proc = subprocess.run([python, os.path.abspath(__file__), "--side=trl", "--job", json.dumps(job)],
                           stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1",
                                                          "HF_HUB_DISABLE_TELEMETRY": "1"})
@@ -215,6 +212,9 @@ def main():
         return
     if not os.path.isdir(TOKENIZER):
         sys.exit(f"error: no tokenizer at {TOKENIZER} (the shared tokenizers sit beside the checkout)")
+    if not os.path.exists(args.trl_python):  # checked before our side runs
+        sys.exit(f"error: --trl_python {args.trl_python} does not exist (python -m venv /work/venv-trl && "
+                 "/work/venv-trl/bin/pip install trl torch==2.13.0)")
     if args.steps < 1 or args.warmup < 0:
         sys.exit("error: need --steps >= 1 and --warmup >= 0")
     import jax
