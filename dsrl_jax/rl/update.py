@@ -98,8 +98,9 @@ def batch_shardings(mesh, batch_axes, example: dict) -> dict:
     return jax.tree.map(one, example)
 
 
-def _micro_loss(params, mb, *, cfg, loss_cfg, prompt_len, chunk, normalizer, temperature):
-    lp, ent = completion_logprobs(cfg, params, mb["tokens"], mb["kv_mask"], prompt_len, chunk, temperature)
+def _micro_loss(params, mb, *, cfg, loss_cfg, prompt_len, chunk, normalizer, temperature=1.0):
+    lp, ent = completion_logprobs(cfg, params, mb["tokens"], mb["kv_mask"], prompt_len, chunk, temperature,
+                                  entropy_grad=bool(loss_cfg.entropy_coef))
     loss, metrics = grpo.grpo_loss(
         lp, mb.get("old_logprobs"), mb.get("ref_logprobs"), mb["advantages"], mb["loss_mask"],
         mb["truncated"], ent, loss_cfg, normalizer=normalizer)
