@@ -6,6 +6,7 @@ Any field can be overridden on the command line: `--config.loss.kl_coef=0`.
 import ml_collections
 
 from dsrl_jax import parallel
+from dsrl_jax.data import decontaminate
 from dsrl_jax.evaluate import default_eval_config
 from dsrl_jax.rewards import DEFAULT_CONFIG as DEFAULT_REWARDS
 from dsrl_jax.rl import grpo
@@ -40,6 +41,9 @@ def get_config():
         plain_template="{prompt}",
         seed=0,
     ))
+    # Rows overlapping these benchmarks are dropped when the records load; the report goes
+    # to <workdir>/decontamination.json. "" = off; the paper configs set PAPER_BENCHMARKS.
+    c.data.decontaminate = decontaminate.default_config(against="")
 
     c.rollout = ml_collections.ConfigDict(dict(
         batch_prompts=128,  # prompts per step (paper: 128)

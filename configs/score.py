@@ -15,6 +15,7 @@ with `pass_rates_file` (JSONL lines {"id", "proxy": "deepseek-r1", "pass_rate"} 
 """
 import ml_collections
 
+from dsrl_jax.data import decontaminate
 from dsrl_jax.data.levels import paper_level_rules
 from dsrl_jax.rewards import DEFAULT_CONFIG
 
@@ -38,6 +39,9 @@ def get_config():
     ]
     c.paths = ""  # comma-separated local files; when set, replaces `sources` (CLI convenience)
     c.limit = 0  # first N problems of each source (smoke runs); 0 = all
+    # Rows overlapping the evaluation benchmarks are dropped before scoring; the report is
+    # written beside the output (<output>.decontamination.json). "" = off.
+    c.decontaminate = decontaminate.default_config(against=decontaminate.PAPER_BENCHMARKS)
     c.proxies = [
         proxy("r1-distill-1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
         proxy("r1-distill-7b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),

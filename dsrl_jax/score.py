@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from dsrl_jax.data import decontaminate
 from dsrl_jax.data import levels as levels_lib
 from dsrl_jax.data.sources import load_sources
 
@@ -191,6 +192,7 @@ def run(config, records: list[dict] | None = None, tokenizers: dict | None = Non
         records, reports = load_sources(_sources(config))
         for report in reports:
             print(report, file=sys.stderr)
+        records = decontaminate.apply(records, config.get("decontaminate"), config.output + ".decontamination.json")
     if not records:
         raise ValueError("no problems to score: every source came out empty")
     progress = config.progress or config.output + ".scores.jsonl"

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from dsrl_jax import parallel
 from dsrl_jax.checkpoint import Checkpointer, abstract_like
+from dsrl_jax.data import decontaminate
 from dsrl_jax.data.pipeline import PromptPipeline
 from dsrl_jax.data.prompts import make_tokenize_fn
 from dsrl_jax.metrics import MetricsWriter, Timer
@@ -132,7 +133,8 @@ class Trainer:
         for r in reports:
             if r.skipped:
                 print(str(r))
-        return records
+        return decontaminate.apply(records, self.config.data.get("decontaminate"),
+                                   os.path.join(self.workdir, "decontamination.json"), eval_opts=self.config.eval)
 
     def _think_prefix(self, prompt_ids) -> str:
         """R1-style templates open the reasoning in the prompt; the grader needs to see it."""

@@ -128,3 +128,53 @@ def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
         dc.main(["--data", str(tmp_path / "missing.json"), "--against", "x=y.jsonl"])
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().startswith("decontaminate: error:")
+
+
+def _tiny_data(tmp_path):
+    bench = _jsonl(tmp_path / "bench.jsonl", [{"id": "b1", "problem": "What is one plus one?", "answer": "2"}])
+    data = _jsonl(tmp_path / "train.jsonl", [{"id": "r1", "problem": "what is ONE plus one ?", "answer": "2"},
+                                            {"id": "r2", "problem": "What is two plus two?", "answer": "4"}])
+    return bench, data
+
+
+def test_trainer_loads_decontaminated_records(tmp_path):
+    from types import SimpleNamespace
+
+    from configs import base
+    from dsrl_jax.rl.trainer import Trainer
+
+    bench, data = _tiny_data(tmp_path)
+    c = base.get_config()
+    c.data.sources = [{"path": data}]
+    c.data.decontaminate.against = f"tiny={bench}"
+    records = Trainer._load_records(SimpleNamespace(config=c, workdir=str(tmp_path)))
+    assert [r["id"] for r in records] == ["r2"]
+    assert json.load(open(tmp_path / "decontamination.json"))["by_benchmark"] == {"tiny": 1}
+
+
+def test_scoring_drops_overlaps_before_scoring(tmp_path):
+    from configs.score import get_config
+
+    from dsrl_jax import score
+
+    bench, data = _tiny_data(tmp_path)
+    c = get_config()
+    c.paths, c.proxies, c.reward_workers = data, [], 1
+    c.output = str(tmp_path / "scored.jsonl")
+    c.decontaminate.against = f"tiny={bench}"
+    c.level_rules = {"keep": None, "levels": [{"name": "L1", "when": {"sample": 1.0}}]}
+    out = score.run(c)
+    assert [r["problem"] for r in out] == ["What is two plus two?"]
+    assert json.load(open(str(tmp_path / "scored.jsonl") + ".decontamination.json"))["n_overlap"] == 1
+
+
+def test_paper_configs_decontaminate_by_default():
+    import importlib
+
+    for name in ("stage1", "stage2", "staged", "math_code"):
+        c = importlib.import_module(f"configs.{name}").get_config()
+        assert c.data.decontaminate.against == dc.PAPER_BENCHMARKS, name
+    assert importlib.import_module("configs.score").get_config().decontaminate.against == dc.PAPER_BENCHMARKS
+    assert importlib.import_module("configs.base").get_config().data.decontaminate.against == ""
+    names = [n for n, _ in __import__("dsrl_jax.evaluate", fromlist=["x"]).parse_benchmarks(dc.PAPER_BENCHMARKS)]
+    assert names == ["aime24", "aime25", "math500", "amc23", "livecodebench"]
