@@ -214,7 +214,7 @@ def run(config, records: list[dict] | None = None, tokenizers: dict | None = Non
     all_proxies = list(dict.fromkeys(names + sorted({p for r in merged for p in r.get("pass_rates", {})})))
     print(histogram_table(merged, all_proxies))
     print(f"\n{len(levelled)} of {len(merged)} problems kept by the rules -> {config.output}")
-    print(levels_lib.level_table(levelled))
+    print(levels_lib.level_table(levelled, config.level_rules))
     return levelled
 
 
