@@ -18,7 +18,10 @@ R1_DISTILL_1P5B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.total_steps = 2000  # upper bound; the curriculum may finish earlier
+    c.total_steps = 2000  # upper bound on the global step; the curriculum may finish earlier
+    # A training workdir whose latest checkpoint this run starts from (params, optimizer
+    # state, step, RNG), e.g. stage 2 continuing stage 1; model.init stays the KL reference.
+    c.init_from = ""
 
     c.model = ml_collections.ConfigDict(dict(
         init=R1_DISTILL_1P5B,  # HF directory or hub id; "preset:NAME" = random init (tests)

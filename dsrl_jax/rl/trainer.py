@@ -37,7 +37,7 @@ from dsrl_jax.metrics import MetricsWriter, Timer
 from dsrl_jax.models import hf, qwen2
 from dsrl_jax.rewards import RewardPool
 from dsrl_jax.rl import rollout, update
-from dsrl_jax.rl.curriculum import Curriculum
+from dsrl_jax.rl.curriculum import Curriculum, continue_from
 from dsrl_jax.sampling import SampleOptions, Sampler
 from dsrl_jax.validate import micro_batch_size
 
@@ -160,6 +160,8 @@ class Trainer:
     def _maybe_resume(self) -> int | None:
         step = self.checkpointer.latest_step()
         if step is None:
+            if self.config.get("init_from"):  # continue another run (stage 2 after stage 1)
+                self.state = continue_from(self.config.init_from, self.state)
             self._build_pipeline()
             return None
         state, extra = self.checkpointer.restore(step, abstract_like(self.state))
