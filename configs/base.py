@@ -6,6 +6,7 @@ Any field can be overridden on the command line: `--config.loss.kl_coef=0`.
 import ml_collections
 
 from dsrl_jax import parallel
+from dsrl_jax.data import decontaminate
 from dsrl_jax.evaluate import default_eval_config
 from dsrl_jax.rewards import DEFAULT_CONFIG as DEFAULT_REWARDS
 from dsrl_jax.rl import grpo
@@ -17,7 +18,10 @@ R1_DISTILL_1P5B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.total_steps = 2000  # upper bound; the curriculum may finish earlier
+    c.total_steps = 2000  # upper bound on the global step; the curriculum may finish earlier
+    # A training workdir whose latest checkpoint this run starts from (params, optimizer
+    # state, step, RNG), e.g. stage 2 continuing stage 1; model.init stays the KL reference.
+    c.init_from = ""
 
     c.model = ml_collections.ConfigDict(dict(
         init=R1_DISTILL_1P5B,  # HF directory or hub id; "preset:NAME" = random init (tests)
@@ -40,6 +44,9 @@ def get_config():
         plain_template="{prompt}",
         seed=0,
     ))
+    # Rows overlapping these benchmarks are dropped when the records load; the report goes
+    # to <workdir>/decontamination.json. "" = off; the paper configs set PAPER_BENCHMARKS.
+    c.data.decontaminate = decontaminate.default_config(against="")
 
     c.rollout = ml_collections.ConfigDict(dict(
         batch_prompts=128,  # prompts per step (paper: 128)

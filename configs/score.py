@@ -10,12 +10,14 @@ DeepSeek-R1-Distill-Qwen-1.5B / 7B / 32B and DeepSeek-R1; pass rate = mean score
 via Math-Verify, code = passed/total tests). DeepSeek-R1 (671B MoE) is not a Qwen2 model,
 so this JAX sampler cannot run it: compute its rates elsewhere (e.g. vLLM) and merge them
 with `pass_rates_file` (JSONL lines {"id", "proxy": "deepseek-r1", "pass_rate"} or
-{"id", "pass_rates": {...}}). Without R1 rates, the default `keep` rule falls back to the
-32B model ("drop what the strongest scored proxy never solves").
+{"id", "pass_rates": {...}}). A problem without an R1 rate is kept ("R1 unknown" counts as
+keep, so L3 keeps the problems the 32B fails). To require R1 rates (drop problems without
+one): `--config.level_rules.keep.if_missing=False`, or `paper_level_rules(require_strongest=True)`.
 """
 import ml_collections
 
 from dsrl_jax import parallel
+from dsrl_jax.data import decontaminate
 from dsrl_jax.data.levels import paper_level_rules
 from dsrl_jax.rewards import DEFAULT_CONFIG
 
@@ -40,6 +42,9 @@ def get_config():
     ]
     c.paths = ""  # comma-separated local files; when set, replaces `sources` (CLI convenience)
     c.limit = 0  # first N problems of each source (smoke runs); 0 = all
+    # Rows overlapping the evaluation benchmarks are dropped before scoring; the report is
+    # written beside the output (<output>.decontamination.json). "" = off.
+    c.decontaminate = decontaminate.default_config(against=decontaminate.PAPER_BENCHMARKS)
     c.proxies = [
         proxy("r1-distill-1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
         proxy("r1-distill-7b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
@@ -57,7 +62,7 @@ def get_config():
     c.prompt_mode = "auto"  # chat template when the tokenizer has one
     c.rewards = DEFAULT_CONFIG
     c.reward_workers = 4
-    c.level_rules = paper_level_rules()
+    c.level_rules = paper_level_rules()  # keep.if_missing=True: "R1 unknown" counts as keep
     c.level_seed = 0  # seeds L3's sampled fraction of 32B-solved problems
     c.seed = 0
     return c

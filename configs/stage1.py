@@ -9,6 +9,7 @@ records carry `levels`; stage 1 trains on L2 (1.5B fails, 7B sometimes solves, o
 partial). Paper: the reward plateaued and the run switched to stage 2 at step ~1600.
 """
 from configs import base
+from dsrl_jax.data.decontaminate import PAPER_BENCHMARKS
 from dsrl_jax.rl.curriculum import default_plateau, default_stage
 
 
@@ -27,6 +28,9 @@ def stage1(**end):
 def get_config():
     c = base.get_config()
     c.data.sources = [{"path": "scored/problems.jsonl"}]  # output of dsrl_jax.score
+    # Checked against the evaluation benchmarks (hub copies; offline give name=path pairs:
+    # --config.data.decontaminate.against=aime24=../shared/data/math/aime24.jsonl,...).
+    c.data.decontaminate.against = PAPER_BENCHMARKS
     c.rollout.batch_prompts = 128  # paper
     c.rollout.group_size = 16  # paper
     # 4 prompts x 16 samples = 64 sequences of 17k tokens per sampler call: KV cache ~4 GiB

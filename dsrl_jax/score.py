@@ -20,6 +20,7 @@ import json
 import os
 import sys
 
+from dsrl_jax.data import decontaminate
 from dsrl_jax.data import levels as levels_lib
 from dsrl_jax.data.sources import load_sources
 
@@ -189,6 +190,7 @@ def run(config, records: list[dict] | None = None, tokenizer=None, prompt_fn=Non
         records, reports = load_sources(_sources(config))
         for report in reports:
             print(report, file=sys.stderr)
+        records = decontaminate.apply(records, config.get("decontaminate"), config.output + ".decontamination.json")
     if not records:
         raise ValueError("no problems to score: every source came out empty")
     progress = config.progress or config.output + ".scores.jsonl"
@@ -214,7 +216,7 @@ def run(config, records: list[dict] | None = None, tokenizer=None, prompt_fn=Non
     all_proxies = list(dict.fromkeys(names + sorted({p for r in merged for p in r.get("pass_rates", {})})))
     print(histogram_table(merged, all_proxies))
     print(f"\n{len(levelled)} of {len(merged)} problems kept by the rules -> {config.output}")
-    print(levels_lib.level_table(levelled))
+    print(levels_lib.level_table(levelled, config.level_rules))
     return levelled
 
 

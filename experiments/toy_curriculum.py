@@ -1,29 +1,35 @@
-"""Toy ablation of the curriculum on the CPU demo task (configs/demo.py).
+"""Toy study of the curriculum on the CPU demo task: can level selection and staging tell?
 
-    python experiments/toy_curriculum.py --demo_workdir /tmp/p/demo2 [--steps 40] [--seeds 0,1,2]
-        [--variants staged-levels,single-L3,single-random,staged-random] [--workdir /tmp/toy_curriculum]
+    python experiments/toy_curriculum.py --demo_workdir runs/demo_s0 [--steps 16] [--seeds 0,1,2,3,4]
+        [--variants staged,continued-stage-1,single-L1,single-L3,random] [--workdir /tmp/toy_curriculum]
 
-Two questions, answered with the same warm start, the same scored problems and the same
-GRPO step budget (and optimizer, batch, group size) for every run:
-  (a) level-selected vs random data: staged-levels vs staged-random, single-L3 vs single-random;
-  (b) staged vs single-stage: staged-levels vs single-L3 (and staged-random vs single-random).
+--demo_workdir is a finished demo run (python -m dsrl_jax.main --config=configs/demo.py):
+its warm start is the policy every variant starts from, its held-out split is the test
+set, and its GRPO result is the "strong" proxy. The demo's own levels barely select (with
+its weak step-300 proxy, L2 holds 343 of 348 kept problems), so here the RL pool (the
+demo's 512 RL problems, 1-5 steps) is rescored with k=8 samples at T=1 by two proxies in
+the paper's roles: "policy" = the warm
+start itself (the paper's 1.5B is its initial policy) and "strong" = the demo's GRPO result
+(a stronger model of the same family). Levels, the paper's rules on these proxies:
+  L1  policy rate in (0, 1)
+  L2  policy = 0 and strong > 0, or both in (0, 1)
+  L3  strong <= 0.25 (hard for the strong proxy) and solved by one of them, plus a seeded
+      half of the rest that is solved
+and "random" is the whole pool with no selection (never-solved and always-solved included).
 
-Variants (stages on top of configs/demo.py's get_config()):
-  staged-levels   stage1: L2, responses <= 48 tokens, entropy 0.001 -> stage2: L3, <= 64 tokens,
-                  no entropy, truncation masked (the demo's stages). The switch happens at a fixed
-                  step (steps // 2) by default so that all staged runs split the budget alike;
-                  --switch plateau uses the demo's plateau rule, capped at steps // 2.
-  staged-random   the same two stages (lengths, loss switches) on all kept problems.
-  single-L3       one stage: L3, stage2's length and loss.
-  single-random   one stage: all kept problems, stage2's length and loss.
-Seeds set config.seed (rollout RNG) and config.data.seed (data order).
-
-The warm start and the scored problems are read from --demo_workdir (models/warm-start,
-models/sft-early, scored/problems.jsonl, eval_problems.jsonl); when absent they are built
-there by the demo's own helpers (dsrl_jax/demo/run.py). Held-out Pass@1 (n=4, T=1, fixed
-evaluation seed) and greedy accuracy are measured on the demo's eval split once before
-GRPO and after every run. Each finished run leaves <workdir>/<variant>/seed<k>/result.json,
-which a re-run reuses, so an interrupted sweep resumes.
+Variants, all with the same step budget, prompts per step and group size (matched
+compute: the same number of rollouts and updates; stage 2's longer limit lets its
+responses be longer), all from the same warm start:
+  staged             stage 1 (L2, responses <= 40 tokens, entropy 0.001) for steps // 2,
+                     then stage 2 (L3, <= 64 tokens, truncation masked, no entropy)
+  continued-stage-1  stage 1's data and settings for all steps (the paper's baseline)
+  single-L1/-L2/-L3  one level with stage 1's settings from step 0 (the paper's section 4.2;
+                     single-L2 is continued-stage-1)
+  random             the whole pool, stage 1's settings
+Seeds set config.seed (rollout RNG) and config.data.seed (data order), so seed k pairs the
+variants; paired t-tests over seeds compare them. Held-out Pass@1 (n=4, T=1, a fixed
+evaluation seed) and greedy accuracy are measured before GRPO and after every run. Each
+finished run leaves <workdir>/<variant>/seed<k>/result.json, which a re-run reuses.
 
 Writes experiments/results/toy_curriculum.{json,md,png}.
 """
@@ -40,29 +46,47 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-VARIANTS = ("staged-levels", "single-L3", "single-random", "staged-random")
+VARIANTS = ("staged", "continued-stage-1", "single-L1", "single-L2", "single-L3", "random")
+DEFAULT_VARIANTS = ("staged", "continued-stage-1", "single-L1", "single-L3", "random")
+PAIRS = (("staged", "continued-stage-1"), ("single-L1", "random"), ("single-L1", "single-L3"),
+         ("continued-stage-1", "random"), ("staged", "random"))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+PROXIES = ("policy", "strong")
 
 
-def _stages(variant: str, steps: int, switch: str, base_stages: list[dict]) -> list[dict]:
+def toy_level_rules():
+    partial = lambda p: {"proxy": p, "op": "in_open", "value": [0, 1]}  # noqa: E731
+    solved = {"any": [{"proxy": p, "op": "gt", "value": 0} for p in PROXIES]}
+    return {
+        "keep": None,  # the "random" variant trains on the whole pool
+        "levels": [
+            {"name": "L1", "when": partial("policy")},
+            {"name": "L2", "when": {"any": [
+                {"all": [{"proxy": "policy", "op": "eq", "value": 0}, {"proxy": "strong", "op": "gt", "value": 0}]},
+                {"all": [partial("policy"), partial("strong")]}]}},
+            {"name": "L3", "when": {"all": [solved, {"any": [
+                {"proxy": "strong", "op": "le", "value": 0.25}, {"sample": {"math": 0.5}}]}]}},
+            {"name": "all", "when": {"sample": {"math": 1.0}}},
+        ],
+    }
+
+
+def _stages(variant: str, steps: int, base_stages: list[dict]) -> list[dict]:
     """The curriculum of one variant; the demo's two stages give the lengths and loss options."""
     s1, s2 = (copy.deepcopy(s) for s in base_stages)
-    first = max(1, steps // 2)
-    levels1 = s1["data"]["levels"] if variant == "staged-levels" else None
-    levels2 = s2["data"]["levels"] if variant in ("staged-levels", "single-L3") else None
-    s1["data"]["levels"], s2["data"]["levels"] = levels1, levels2
-    if variant.startswith("staged"):
-        s1["end"]["max_steps"] = first
-        if switch == "fixed":
-            s1["end"]["plateau"] = None
-        s2["end"] = {"max_steps": max(1, steps - first), "plateau": None}
+    s1["end"]["plateau"] = None
+    if variant == "staged":
+        s1["data"]["levels"], s2["data"]["levels"] = ["L2"], ["L3"]
+        s1["end"]["max_steps"] = max(1, steps // 2)
+        s2["end"] = {"max_steps": max(1, steps - steps // 2), "plateau": None}
         return [s1, s2]
-    s2["name"] = "single"
-    s2["end"] = {"max_steps": steps, "plateau": None}
-    return [s2]
+    level = {"continued-stage-1": "L2", "random": "all"}.get(variant) or variant.removeprefix("single-")
+    s1["name"], s1["data"]["levels"] = variant, [level]
+    s1["end"]["max_steps"] = steps
+    return [s1]
 
 
-def _config(variant, seed, steps, switch, reward_workers):
+def _config(variant, seed, steps, reward_workers):
     from configs.demo import get_config
 
     c = get_config()
@@ -70,7 +94,7 @@ def _config(variant, seed, steps, switch, reward_workers):
     with c.unlocked():
         c.seed, c.data.seed = seed, seed
         c.total_steps = steps
-        c.curriculum.stages = _stages(variant, steps, switch, stages)
+        c.curriculum.stages = _stages(variant, steps, stages)
         c.eval.every = 0  # held-out evaluation happens before and after, here
         c.eval.benchmarks = ""
         c.checkpoint.every = 10 ** 6  # only the final save (the trainer always makes one)
@@ -81,34 +105,80 @@ def _config(variant, seed, steps, switch, reward_workers):
     return c
 
 
-def _demo_assets(demo_workdir: str, reward_workers: int):
-    """(cfg, tokenizer, {proxy: params}, scored records, eval records), built if missing."""
+def _strong_model_dir(demo_workdir: str, cfg, warm, out_dir: str) -> str:
+    """The demo run's GRPO result (its latest checkpoint) as an HF directory, the strong proxy."""
+    import jax
+    import ml_collections
+
+    from dsrl_jax.checkpoint import Checkpointer, abstract_like
+    from dsrl_jax.models import hf
+    from dsrl_jax.rl import update
+
+    if os.path.exists(os.path.join(out_dir, "config.json")):
+        return out_dir
+    with open(os.path.join(demo_workdir, "config.json")) as f:
+        optim = ml_collections.ConfigDict(json.load(f)["optim"])
+    tx, _ = update.make_optimizer(optim)
+    ckpt = Checkpointer(os.path.join(demo_workdir, "checkpoints"), keep=None, async_save=False)
+    step = ckpt.latest_step()
+    if step is None:
+        raise SystemExit(f"--demo_workdir {demo_workdir}: no GRPO checkpoint (run the demo there first)")
+    state, _ = ckpt.restore(step, abstract_like(update.init_state(warm, tx, jax.random.key(0))))
+    ckpt.close()
+    hf.save_params(out_dir, cfg, jax.device_get(state["params"]))
+    print(f"strong proxy: the demo's GRPO result at step {step} -> {out_dir}")
+    return out_dir
+
+
+def _demo_assets(demo_workdir: str, workdir: str, reward_workers: int, score_k: int):
+    """(demo config, model cfg, tokenizer, warm-start params, scored pool, eval records)."""
+    import ml_collections
+
     from configs.demo import get_config
-    from dsrl_jax.demo import run as demo_run
+    from dsrl_jax import score
     from dsrl_jax.demo.sft import demo_model_config
     from dsrl_jax.demo.task import make_splits
     from dsrl_jax.demo.tokenizer import CharTokenizer
+    from dsrl_jax.models import hf
 
     config = get_config()
+    with open(os.path.join(demo_workdir, "config.json")) as f:
+        demo_seed = json.load(f)["seed"]
     with config.unlocked():
-        config.reward_workers = reward_workers
+        config.reward_workers, config.seed = reward_workers, demo_seed
     d, tok = config.demo, CharTokenizer()
     cfg = demo_model_config(tok.vocab_size, scan_layers=config.model.scan_layers)
-    splits = make_splits({"eval": d.eval_size, "sft": d.sft_size, "rl": d.rl_size}, seed=config.seed)
-    params, dirs = demo_run._warm_start_models(config, cfg, tok, splits["sft"], demo_workdir)
-    scored = os.path.join(demo_workdir, "scored", "problems.jsonl")
+    warm_dir = os.path.join(demo_workdir, "models", "warm-start")
+    _, warm = hf.load_params(warm_dir, cfg)
+    with open(os.path.join(demo_workdir, "eval_problems.jsonl")) as f:
+        eval_records = [json.loads(line) for line in f if line.strip()]
+    scored = os.path.join(workdir, "scored", "pool.jsonl")
     if os.path.exists(scored):
         with open(scored) as f:
-            records = [json.loads(line) for line in f if line.strip()]
-    else:
-        records = demo_run._score(config, tok, splits["rl"], dirs, demo_workdir)
-    eval_file = os.path.join(demo_workdir, "eval_problems.jsonl")
-    if os.path.exists(eval_file):
-        with open(eval_file) as f:
-            eval_records = [json.loads(line) for line in f if line.strip()]
-    else:
-        eval_records = splits["eval"]
-    return config, cfg, tok, params, records, eval_records
+            return config, cfg, tok, warm, [json.loads(line) for line in f if line.strip()], eval_records
+    strong_dir = _strong_model_dir(demo_workdir, cfg, warm, os.path.join(workdir, "models", "strong"))
+    rl = make_splits({"eval": d.eval_size, "sft": d.sft_size, "rl": d.rl_size}, seed=demo_seed)["rl"]
+    dirs = {"policy": warm_dir, "strong": strong_dir}
+    proxy = lambda name: dict(name=name, model=dirs[name], tokenizer=None, k=score_k, max_new_tokens=64,  # noqa: E731
+                              temperature=1.0, top_p=1.0, top_k=0, batch_size=256, max_prompt_len=64,
+                              dtype="float32")
+    sc = ml_collections.ConfigDict(dict(
+        proxies=[proxy(p) for p in PROXIES], only_proxies="", pass_rates_file="", output=scored, progress="",
+        prompt_mode="plain", rewards=config.rewards.to_dict(), reward_workers=reward_workers,
+        level_rules=toy_level_rules(), level_seed=0, seed=0))
+    records = score.run(sc, records=rl, tokenizers={p: tok for p in dirs.values()},
+                        prompt_fn=lambda record, t: t.format_prompt(record["problem"]))
+    return config, cfg, tok, warm, records, eval_records
+
+
+def pool_summary(records) -> dict:
+    """Shares of the pool the warm start never / always / sometimes solves, and level sizes."""
+    rates = [r["pass_rates"]["policy"] for r in records]
+    out = {"pool": len(records), "policy_never": sum(x == 0 for x in rates), "policy_always": sum(x == 1 for x in rates)}
+    out["policy_partial"] = len(records) - out["policy_never"] - out["policy_always"]
+    for lv in ("L1", "L2", "L3", "all"):
+        out[lv] = sum(lv in r["levels"] for r in records)
+    return out
 
 
 def _evaluate(config, cfg, params, tok, eval_records, pool, out_dir):
@@ -145,17 +215,17 @@ def _one_run(variant, seed, args, assets, pool):
     if os.path.exists(done):
         with open(done) as f:
             res = json.load(f)
-        if res.get("steps_budget") == args.steps and res.get("switch") == args.switch:
+        if res.get("steps_budget") == args.steps:
             print(f"[{variant} seed {seed}] reusing {done}")
             return res
     if os.path.exists(workdir):  # a stale or different run: start over
         import shutil
 
         shutil.rmtree(workdir)
-    config = _config(variant, seed, args.steps, args.switch, args.reward_workers)
+    config = _config(variant, seed, args.steps, args.reward_workers)
     t0 = time.perf_counter()
     # A host copy per run: the trainer donates its parameter buffers to the update step.
-    warm = jax.tree.map(lambda x: np.array(x, copy=True), params["warm-start"])
+    warm = jax.tree.map(lambda x: np.array(x, copy=True), params)
     trainer = Trainer(config, workdir, records=records, tokenizer=tok, model=(cfg, warm),
                       tokenize_fn=lambda r: tok.format_prompt(r["problem"]))
     try:
@@ -171,7 +241,7 @@ def _one_run(variant, seed, args, assets, pool):
     after = _evaluate(base_config, cfg, final, tok, eval_records, pool, workdir)
     curve = _read_curve(workdir)
     switch_step = next((st for st, _, name in curve if name == "stage2"), None)
-    res = {"variant": variant, "seed": seed, "steps": steps, "steps_budget": args.steps, "switch": args.switch,
+    res = {"variant": variant, "seed": seed, "steps": steps, "steps_budget": args.steps,
            "switch_step": None if switch_step is None else switch_step - 1,
            "stage_records": stage_sizes, "after": after, "train_minutes": train_min,
            "train_reward_last10": float(np.mean([r for _, r, _ in curve[-10:]])) if curve else None}
@@ -205,10 +275,32 @@ def _summarise(before, runs, variants, seeds):
     return table
 
 
-def _markdown(before, table, steps, switch) -> str:
+def paired_tests(runs, pairs=PAIRS, key="pass@1") -> list[dict]:
+    """Paired t-tests over the seeds both variants ran (seed k: same data order and RNG)."""
+    try:
+        from scipy import stats
+    except ImportError:  # experiments only: report the differences without p-values
+        stats = None
+    by = {(r["variant"], r["seed"]): r["after"][key] for r in runs}
+    out = []
+    for a, b in pairs:
+        seeds = sorted(s for v, s in by if v == a and (b, s) in by)
+        if len(seeds) < 2:
+            continue
+        d = np.array([by[a, s] - by[b, s] for s in seeds])
+        p = float(stats.ttest_rel([by[a, s] for s in seeds], [by[b, s] for s in seeds]).pvalue) if stats else None
+        out.append({"a": a, "b": b, "n": len(seeds), "mean_diff": float(d.mean()),
+                    "sd_diff": float(d.std(ddof=1)), "p": p})
+    return out
+
+
+def _markdown(before, table, steps, pool, tests) -> str:
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
-    lines = [f"Held-out Pass@1 (n=4, T=1) and greedy accuracy, 200 problems; {steps} GRPO steps per run "
-             f"(staged: switch at a {switch} step); mean ± std over seeds (per-seed values in brackets).", "",
+    lines = [f"Pool of {pool['pool']} problems: the warm start never solves {pool['policy_never']}, always solves "
+             f"{pool['policy_always']} and sometimes solves {pool['policy_partial']} (k=8, T=1); "
+             f"L1 {pool['L1']}, L2 {pool['L2']}, L3 {pool['L3']}.", "",
+             f"Held-out Pass@1 (n=4, T=1) and greedy accuracy, 200 problems; {steps} GRPO steps per run "
+             f"(staged: switch at step {steps // 2}); mean ± sd over seeds (per-seed values in brackets).", "",
              "| variant | stage data (records) | Pass@1 | Δ vs warm start | greedy | per-seed Pass@1 |",
              "|---|---|---|---|---|---|",
              f"| warm start (before GRPO) | – | {pct(before['pass@1'])} | – | {pct(before['greedy_accuracy'])} | – |"]
@@ -217,6 +309,12 @@ def _markdown(before, table, steps, switch) -> str:
         per = ", ".join(pct(x) for x in p["per_seed"])
         lines.append(f"| {v} | {' → '.join(map(str, row['stage_records']))} | {pct(p['mean'])} ± {pct(p['std'])} | "
                      f"{100 * p['delta_mean']:+.1f} | {pct(g['mean'])} ± {pct(g['std'])} | [{per}] |")
+    if tests:
+        lines += ["", "Paired comparisons of held-out Pass@1 (same seeds):", "",
+                  "| comparison | seeds | mean difference ± sd | paired t-test p |", "|---|---|---|---|"]
+        for t in tests:
+            pv = "–" if t["p"] is None else f"{t['p']:.3f}"
+            lines.append(f"| {t['a']} − {t['b']} | {t['n']} | {100 * t['mean_diff']:+.1f} ± {100 * t['sd_diff']:.1f} | {pv} |")
     diffs = list(before["by_difficulty"])
     lines += ["", "Pass@1 by problem length (steps in the chain), mean over seeds:", "",
               "| variant | " + " | ".join(f"{k}-step" for k in diffs) + " |", "|---|" + "---|" * len(diffs),
@@ -258,7 +356,7 @@ def _plot(before, table, runs, variants, steps, path):
         k = min(5, n)
         smooth = np.convolve(mean, np.ones(k) / k, mode="valid")
         ax2.plot(np.arange(k, n + 1), smooth, label=v, color=f"C{i}")
-    if any(v.startswith("staged") for v in names):
+    if "staged" in names:
         ax2.axvline(max(1, steps // 2) + 0.5, color="gray", ls=":", lw=1, label="stage switch (staged)")
     ax2.set_xlabel("GRPO step")
     ax2.set_ylabel("training reward (5-step moving avg, mean over seeds)")
@@ -271,13 +369,13 @@ def _plot(before, table, runs, variants, steps, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--demo_workdir", default="/tmp/p/demo2")
+    p.add_argument("--demo_workdir", required=True, help="a finished demo run")
     p.add_argument("--workdir", default="/tmp/toy_curriculum", help="run directories (not committed)")
     p.add_argument("--out", default=os.path.join(RESULTS, "toy_curriculum"), help="output path without extension")
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--switch", choices=("fixed", "plateau"), default="fixed")
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    p.add_argument("--score_k", type=int, default=8)
     p.add_argument("--reward_workers", type=int, default=1)
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s != ""]
@@ -287,12 +385,19 @@ def main(argv=None):
         p.error(f"unknown variants {sorted(bad)}; known {VARIANTS}")
     os.makedirs(args.workdir, exist_ok=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    import jax
+
+    # Every run compiles the same programs: share them through the persistent cache.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
     from dsrl_jax.rewards import RewardPool
 
     t0 = time.perf_counter()
-    assets = _demo_assets(args.demo_workdir, args.reward_workers)
+    assets = _demo_assets(args.demo_workdir, args.workdir, args.reward_workers, args.score_k)
     config, cfg, tok, params, records, eval_records = assets
+    pool_info = pool_summary(records)
+    print(f"pool: {pool_info}", flush=True)
     runs = []
     with RewardPool(config.rewards.to_dict(), num_workers=args.reward_workers) as pool:
         before_file = os.path.join(args.workdir, "before.json")
@@ -300,8 +405,7 @@ def main(argv=None):
             with open(before_file) as f:
                 before = json.load(f)
         else:
-            before = _evaluate(config, cfg, params["warm-start"], tok, eval_records, pool,
-                               os.path.join(args.workdir, "before"))
+            before = _evaluate(config, cfg, params, tok, eval_records, pool, os.path.join(args.workdir, "before"))
             with open(before_file, "w") as f:
                 json.dump(before, f, indent=2)
         print(f"warm start: held-out Pass@1 {before['pass@1']:.3f}, greedy {before['greedy_accuracy']:.3f}", flush=True)
@@ -310,20 +414,18 @@ def main(argv=None):
                 res = _one_run(v, seed, args, assets, pool)
                 res["curve"] = _read_curve(os.path.join(args.workdir, v, f"seed{seed}"))
                 runs.append(res)
-                _write(args, before, runs, variants, seeds, records, eval_records, t0, final=False)
-    _write(args, before, runs, variants, seeds, records, eval_records, t0, final=True)
+                _write(args, before, runs, variants, seeds, records, eval_records, pool_info, t0, final=False)
+    _write(args, before, runs, variants, seeds, records, eval_records, pool_info, t0, final=True)
 
 
-def _write(args, before, runs, variants, seeds, records, eval_records, t0, final):
+def _write(args, before, runs, variants, seeds, records, eval_records, pool_info, t0, final):
     table = _summarise(before, runs, variants, seeds)
-    md = _markdown(before, table, args.steps, args.switch)
-    levels = {}
-    for r in records:
-        for lv in r.get("levels", []):
-            levels[lv] = levels.get(lv, 0) + 1
-    out = {"complete": final, "steps": args.steps, "seeds": seeds, "variants": variants, "switch": args.switch,
-           "demo_workdir": args.demo_workdir, "records": len(records), "levels": levels,
-           "eval_problems": len(eval_records), "before": before, "table": table,
+    tests = paired_tests(runs)
+    md = _markdown(before, table, args.steps, pool_info, tests)
+    out = {"complete": final, "steps": args.steps, "seeds": seeds, "variants": variants,
+           "demo_workdir": args.demo_workdir, "pool": pool_info, "eval_problems": len(eval_records),
+           "before": before, "table": table, "paired_tests": tests,
+           "paired_tests_greedy": paired_tests(runs, key="greedy_accuracy"),
            "runs": [{k: v for k, v in r.items() if k != "curve"} | {"train_reward": [x[1] for x in r["curve"]]}
                     for r in runs],
            "minutes": (time.perf_counter() - t0) / 60}

@@ -1,5 +1,6 @@
 """The shipped configs load and validate, and carry the paper's settings."""
 import importlib
+import pathlib
 
 import pytest
 
@@ -12,14 +13,15 @@ def _load(name):
     return importlib.import_module(f"configs.{name}").get_config()
 
 
-@pytest.mark.parametrize("name", ["base", "stage1", "stage2", "staged", "math_code"])
+@pytest.mark.parametrize("name", ["base", "stage1", "stage2", "staged", "math_code", "continued_stage1",
+                                  "single_level"])
 def test_training_configs_load_and_validate(name):
     c = _load(name)
     validate_config(c, check_files=False, num_devices=8)  # a v5e-8's mesh
     validate_config(c, check_files=False, num_devices=4)  # a v4-8's mesh
     assert c.optim.lr == PAPER["lr"] and c.loss.kl_coef == PAPER["kl"]
     assert c.rollout.group_size == PAPER["group_size"] and c.rollout.batch_prompts == PAPER["batch_prompts"]
-    assert "R1-Distill-Qwen-1.5B" in c.model.init or name == "stage2"
+    assert "R1-Distill-Qwen-1.5B" in c.model.init
 
 
 def test_stage_settings_follow_the_paper():
@@ -31,11 +33,58 @@ def test_stage_settings_follow_the_paper():
     stage = s2.curriculum.stages[0]
     assert stage["data"]["levels"] == ["L3"] and stage["max_response_len"] == 24576
     assert stage["loss"] == {"entropy_coef": 0.0, "mask_truncated": True}
-    assert s2.model.init.endswith("stage1/hf")  # initialised from the stage-1 result
+    assert s2.init_from == "runs/stage1"  # continues the stage-1 run (its latest checkpoint)
     staged = _load("staged").curriculum.stages
     assert [s["name"] for s in staged] == ["stage1", "stage2"] and staged[0]["end"]["plateau"] is not None
     mc = _load("math_code").curriculum.stages[0]["data"]
     assert mc["levels"] == {"math": ["L1"], "code": ["L3"]} and mc["mixture"] == {"math": 2.1, "code": 1.0}
+
+
+TRAINING = [p.stem for p in sorted(pathlib.Path(__file__).resolve().parents[1].glob("configs/*.py"))
+            if p.stem not in ("__init__", "score", "eval")]
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_every_training_config_loads_and_validates(name):
+    """Every file in configs/ (except the scoring and eval configs, checked below)."""
+    c = _load(name)
+    validate_config(c, check_files=False, num_devices=1 if name == "demo" else 8)  # the demo: one CPU device
+
+
+@pytest.mark.parametrize("level", ["L1", "L2", "L3"])
+def test_single_level_configs_follow_section_4_2(level):
+    from configs import single_level
+
+    c = single_level.get_config(level)
+    validate_config(c, check_files=False, num_devices=8)
+    (stage,) = c.curriculum.stages
+    assert stage["data"]["levels"] == [level] and stage["max_response_len"] == 16384
+    assert stage["loss"] == {"entropy_coef": 0.001, "mask_truncated": False}
+    assert stage["end"] == {"max_steps": None, "plateau": None} and c.total_steps == 2000
+    assert c.loss.kl_coef == PAPER["kl"] and c.optim.lr == PAPER["lr"] and "R1-Distill-Qwen-1.5B" in c.model.init
+    assert c.data.decontaminate.against  # decontaminated like every paper config
+
+
+def test_single_level_rejects_an_unknown_level():
+    from configs import single_level
+
+    with pytest.raises(ValueError, match="one of L1, L2, L3"):
+        single_level.get_config("L4")
+
+
+def test_continued_stage1_is_stage1_for_the_staged_budget():
+    c, s1, st = _load("continued_stage1"), _load("stage1").curriculum.stages[0], _load("staged")
+    validate_config(c, check_files=False, num_devices=8)
+    (stage,) = c.curriculum.stages
+    assert {k: stage[k] for k in ("data", "max_response_len", "loss")} == {k: s1[k] for k in ("data", "max_response_len", "loss")}
+    assert stage["end"] == {"max_steps": None, "plateau": None} and c.total_steps == st.total_steps
+
+
+def test_stage2_continues_stage1_like_staged():
+    s2, st = _load("stage2"), _load("staged")
+    assert s2.init_from and s2.model.init == st.model.init  # reference = the initial model in both
+    assert s2.total_steps == st.total_steps and s2.curriculum.stages[0] == st.curriculum.stages[1]
+    assert st.init_from == ""
 
 
 def test_score_and_eval_configs_load():

@@ -21,6 +21,7 @@ from dsrl_jax.data.levels import paper_level_rules
 def get_config():
     c = base()
     c.sources = [{{"path": {data!r}, "filters": {{"limit": 6}}}}]
+    c.decontaminate.against = ""  # offline: no hub benchmarks to check against
     small = dict(k=2, max_new_tokens=16, batch_size=2, dtype="float32", max_prompt_len=4096, top_p=1.0)
     c.proxies = [proxy("tiny-a", {a!r}, **small), proxy("tiny-b", {b!r}, tokenizer={a!r}, **small)]
     c.pass_rates_file = {ext!r}

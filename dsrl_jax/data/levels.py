@@ -22,7 +22,11 @@ The rule language (plain dicts/lists, so it lives in a ConfigDict and on the com
 
 The paper's rules are `paper_level_rules()`. Its wording "the 32B model fails to solve"
 is read as pass rate == 0 (as in "fails completely (pass rate = 0)" for L2), and
-"solved" as pass rate > 0.
+"solved" as pass rate > 0. The paper drops what DeepSeek-R1 never solves; R1 is not a
+model this project can sample, so its rates come from a file and are often absent. A
+problem without an R1 rate is KEPT by default ("R1 unknown" counts as keep): falling back
+to "the 32B solves it" would drop every problem the 32B fails, the core of L3.
+`paper_level_rules(require_strongest=True)` drops problems without an R1 rate instead.
 """
 from __future__ import annotations
 
@@ -43,16 +47,17 @@ _OPS = {
 
 
 def paper_level_rules(small=DEFAULT_PROXIES[0], medium=DEFAULT_PROXIES[1], large=DEFAULT_PROXIES[2],
-                      strongest=DEFAULT_PROXIES[3], l3_fraction=None) -> ml_collections.ConfigDict:
+                      strongest=DEFAULT_PROXIES[3], l3_fraction=None,
+                      require_strongest: bool = False) -> ml_collections.ConfigDict:
     """The paper's section 3.2.1 rules over configurable proxy names.
 
-    `keep`: the strongest proxy (DeepSeek-R1, or the 32B model when R1 was not scored)
-    solves the problem at least once.
+    `keep`: the strongest proxy (DeepSeek-R1) solves the problem at least once, or has no
+    rate for it ("unknown" keeps; with `require_strongest`, a missing rate drops).
     """
     partial = lambda p: {"proxy": p, "op": "in_open", "value": [0, 1]}  # noqa: E731
     zero = lambda p: {"proxy": p, "op": "eq", "value": 0}  # noqa: E731
     return ml_collections.ConfigDict({
-        "keep": {"proxy": [strongest, large], "op": "gt", "value": 0},
+        "keep": {"proxy": strongest, "op": "gt", "value": 0, "if_missing": not require_strongest},
         "levels": [
             {"name": "L1", "when": partial(small)},
             {"name": "L2", "when": {"any": [
@@ -161,8 +166,20 @@ def level_counts(records: list[dict]) -> dict[tuple[str, str], int]:
     return dict(counts)
 
 
-def level_table(records: list[dict]) -> str:
-    """Counts per level and domain; levels overlap, so columns need not sum to the total."""
+def unknown_kept(records: list[dict], rules) -> str | None:
+    """A line saying how many kept records had no rate for the keep rule's proxy, when the
+    rule keeps such records ("if_missing"); None otherwise."""
+    keep = _plain(_plain(rules).get("keep") or {})
+    if "proxy" not in keep or not keep.get("if_missing"):
+        return None
+    names = keep["proxy"] if isinstance(keep["proxy"], (list, tuple)) else [keep["proxy"]]
+    n = sum(all((r.get("pass_rates") or {}).get(p) is None for p in names) for r in records)
+    return f"keep: {n} of {len(records)} kept records have no {'/'.join(names)} rate ('unknown' counts as keep)"
+
+
+def level_table(records: list[dict], rules=None) -> str:
+    """Counts per level and domain; levels overlap, so columns need not sum to the total.
+    With `rules`, a last line counts the records kept without a rate for the keep proxy."""
     counts = level_counts(records)
     domains = sorted({d for _, d in counts} | {r.get("domain", "?") for r in records})
     levels = sorted({lvl for lvl, _ in counts}, key=lambda s: (s == "-", s))
@@ -174,4 +191,6 @@ def level_table(records: list[dict]) -> str:
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     fmt = lambda row: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
     lines = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-    return "\n".join(lines) + "\n(levels overlap: a record is counted under each of its levels; '-' = none)"
+    note = unknown_kept(records, rules) if rules is not None else None
+    return "\n".join(lines) + "\n(levels overlap: a record is counted under each of its levels; '-' = none)" + (
+        f"\n{note}" if note else "")

@@ -17,6 +17,21 @@ The paper's staged run: stage 1 on L2 data (16k tokens) until the reward plateau
 switched at step ~1600), stage 2 on L3 data (24k tokens), truncated responses masked out
 of the loss and no entropy term.
 
+The stage switch (paper section 4.3, one procedure for `configs/staged.py` and for
+`configs/stage2.py` run after `configs/stage1.py`): stage 2 CONTINUES the stage-1 run. The
+paper changes the data, the rollout length, truncation masking and the entropy term at
+the switch and nothing else, and its figure 2 is one run with the switch at step 1600, so:
+  * policy: the stage-1 parameters;
+  * KL reference: the initial model (`model.init`, DeepSeek-R1-Distill-Qwen-1.5B) in both
+    stages, not the stage-1 result (the paper keeps KL 0.001 to the policy it started from);
+  * optimizer: AdamW's moments and step count carry over (no restart);
+  * learning rate: the schedule continues over the global step (the paper: constant 1e-6);
+  * step counter and RNG continue (`total_steps` counts both stages).
+`staged.py` does this inside one run. `stage2.py` does it across runs: `init_from` names the
+stage-1 workdir, whose latest checkpoint gives params, optimizer state, step and RNG
+(`continue_from` below), while `model.init` still gives the reference. Both reach the
+same stage-2 state (tests/rl/test_curriculum.py).
+
 `Curriculum.observe(step, metrics)` is called once per training step; it returns True when
 that step ended a stage and the next one begins (the trainer then rebuilds its pipeline and
 options from `.stage`). The last stage has nowhere to go: when its end rule fires
@@ -27,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Mapping
 
 import ml_collections
@@ -240,3 +256,29 @@ class Curriculum:
     def __repr__(self) -> str:
         return (f"Curriculum(stage {self._index + 1}/{len(self._stages)} {self._stages[self._index]['name']!r}, "
                 f"{self._steps} steps in stage, finished={self.finished})")
+
+
+def continue_from(init_from: str, target):
+    """The training state (params, opt_state, step, rng) of the latest checkpoint of the run
+    in `init_from` (a training workdir, or its checkpoints/ folder), in `target`'s shardings.
+
+    The trainer starts a run from it when the run has no checkpoint of its own, so a
+    stage-2 run continues the stage-1 run it names (see the module docstring).
+    """
+    from dsrl_jax.checkpoint import Checkpointer, abstract_like
+
+    directory = os.path.join(init_from, "checkpoints")
+    if "://" not in init_from and not os.path.isdir(directory):
+        directory = init_from
+    if "://" not in init_from and not os.path.isdir(directory):
+        raise FileNotFoundError(f"init_from: {init_from} is not a training workdir (no checkpoints/ there)")
+    ckpt = Checkpointer(directory, keep=None, async_save=False)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"init_from: no complete checkpoint in {directory}")
+        state, _ = ckpt.restore(step, abstract_like(target))
+    finally:
+        ckpt.close()
+    print(f"continuing the run in {init_from} from its step {step}")
+    return state

@@ -144,19 +144,28 @@ def policy_loss(logprobs: Array, old_logprobs: Array | None, advantages: Array, 
 
 
 # ---------------------------------------------------------------- KL estimators
-# Schulman's estimators of KL(pi || ref) from tokens sampled by pi; log_r = log pi - log ref.
+# Schulman's per-token estimators of KL(pi || ref) from tokens x sampled by pi, with
+# log_r = log pi(x) - log ref(x). Their VALUES estimate KL(pi || ref) (k1, k3 unbiased, k2
+# biased). Used as a LOSS, the gradient flows through log pi(x) only (the samples are
+# fixed), and the expected gradients differ (tests/rl/test_grpo.py checks them exactly):
+#   k1: E[grad k1] = E[grad log pi] = 0                       -- no regularisation on average
+#   k2: E[grad k2] = E[log_r grad log pi] = grad KL(pi || ref)  -- the reverse KL the value names
+#   k3: E[grad k3] = E[(1 - ref/pi) grad log pi] = grad KL(ref || pi)  -- the forward KL
+# The default, k3 as in GRPO (DeepSeekMath), therefore pulls the policy toward the
+# reference by the gradient of KL(ref || pi), whatever its logged value says.
 def kl_k1(logprobs: Array, ref_logprobs: Array) -> Array:
-    """log(pi/ref): unbiased, high variance, can be negative per token."""
+    """log(pi/ref): unbiased value, high variance, can be negative; expected gradient 0."""
     return logprobs - ref_logprobs
 
 
 def kl_k2(logprobs: Array, ref_logprobs: Array) -> Array:
-    """0.5 (log(pi/ref))^2: biased, low variance, >= 0."""
+    """0.5 (log(pi/ref))^2: biased value, low variance, >= 0; expected gradient = grad KL(pi||ref)."""
     return 0.5 * jnp.square(logprobs - ref_logprobs)
 
 
 def kl_k3(logprobs: Array, ref_logprobs: Array) -> Array:
-    """ref/pi - 1 - log(ref/pi): unbiased, low variance, >= 0 (GRPO's choice)."""
+    """ref/pi - 1 - log(ref/pi): unbiased value, low variance, >= 0 (GRPO's choice);
+    expected gradient = grad KL(ref||pi)."""
     log_r = ref_logprobs - logprobs
     return jnp.expm1(log_r) - log_r
 
@@ -165,7 +174,8 @@ KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {"k1": kl_k1, "k2": 
 
 
 def kl_penalty(logprobs: Array, ref_logprobs: Array, kind: str = "k3") -> Array:
-    """Per-token KL(pi || ref) estimate by the estimator named `kind` (unmasked)."""
+    """Per-token estimate of KL(pi || ref) by the estimator named `kind` (unmasked); its
+    gradient as a loss depends on `kind` (see above)."""
     return KL_ESTIMATORS[kind](logprobs, ref_logprobs)
 
 

@@ -32,13 +32,14 @@ from tqdm import tqdm
 from dsrl_jax import parallel, paths
 from dsrl_jax import policy as policy_lib
 from dsrl_jax.checkpoint import Checkpointer, abstract_like
+from dsrl_jax.data import decontaminate
 from dsrl_jax.data.pipeline import PromptPipeline
 from dsrl_jax.metrics import MetricsWriter, Timer
 from dsrl_jax.models import hf, qwen2
 from dsrl_jax.policy import Policy, load_policy
 from dsrl_jax.rewards import RewardPool
 from dsrl_jax.rl import rollout, update
-from dsrl_jax.rl.curriculum import Curriculum
+from dsrl_jax.rl.curriculum import Curriculum, continue_from
 from dsrl_jax.sampling import SampleOptions, Sampler
 from dsrl_jax.validate import micro_batch_size
 
@@ -110,7 +111,8 @@ class Trainer:
         for r in reports:
             if r.skipped:
                 print(str(r))
-        return records
+        return decontaminate.apply(records, self.config.data.get("decontaminate"),
+                                   os.path.join(self.workdir, "decontamination.json"), eval_opts=self.config.eval)
 
     def _loss_cfg(self, stage) -> ml_collections.ConfigDict:
         return _merged(self.config.loss, dict(stage.get("loss") or {}))
@@ -129,6 +131,8 @@ class Trainer:
     def _maybe_resume(self) -> int | None:
         step = self.checkpointer.latest_step()
         if step is None:
+            if self.config.get("init_from"):  # continue another run (stage 2 after stage 1)
+                self.state = continue_from(self.config.init_from, self.state)
             self._build_pipeline()
             return None
         state, extra = self.checkpointer.restore(step, abstract_like(self.state))

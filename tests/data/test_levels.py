@@ -21,12 +21,17 @@ CASES = [
     (rec("r4", s=0.0, m=0.0, l=0.0, r=0.25), ["L3"]),  # only R1 solves it
     (rec("r5", s=1.0, m=1.0, l=0.0, r=1.0), ["L3"]),  # 1.5B always right: not L1
     (rec("r6", s=0.5, m=0.5, l=0.0, r=0.0), None),  # R1 never solves: dropped
-    (rec("r7", s=0.0, m=0.0, l=0.0), None),  # no R1 rate: fall back to 32B = 0: dropped
+    (rec("r7", s=0.0, m=0.0, l=0.0), ["L3"]),  # every proxy 0, R1 unknown: kept, L3
     (rec("r8", s=0.0, m=0.0, l=0.0, r=0.0), None),
     (rec("r9", s=0.5, m=0.0, l=0.0, r=1.0), ["L1", "L3"]),  # 7B below 1.5B: not L2
-    (rec("r10"), None),  # no rates at all
+    (rec("r10"), []),  # no rates at all: R1 unknown keeps it, no level holds
     (rec("r11", s=1.0, m=0.5, l=0.0, r=1.0), ["L3"]),
+    (rec("r12", s=0.5, m=0.75, l=0.0), ["L1", "L2", "L3"]),  # R1 unknown, 32B fails
+    (rec("r13", s=0.0, m=0.5), ["L2"]),  # R1 and 32B unknown: no L3 (needs a 32B rate)
 ]
+
+# With R1 rates required, a problem without one is dropped, whatever the others say.
+STRICT = {"r7": None, "r10": None, "r12": None, "r13": None}
 
 
 @pytest.mark.parametrize("record,expected", CASES, ids=[c[0]["id"] for c in CASES])
@@ -37,6 +42,25 @@ def test_paper_rules_hand_cases(record, expected):
     else:
         assert out[0]["levels"] == expected
         assert out[0]["pass_rates"] == record["pass_rates"]  # the record is carried along
+
+
+@pytest.mark.parametrize("record,expected", CASES, ids=[c[0]["id"] for c in CASES])
+def test_paper_rules_requiring_r1_rates(record, expected):
+    out = levels.assign_levels([record], levels.paper_level_rules(require_strongest=True), seed=0)
+    expected = STRICT.get(record["id"], expected)
+    assert (out == []) if expected is None else out[0]["levels"] == expected
+
+
+def test_l3_without_r1_rates_keeps_what_the_32b_fails():
+    """The default scoring has no R1 rates: L3 = every 32B failure + half the 32B-solved."""
+    failed = [rec(f"f{i}", s=0.0, m=0.0, l=0.0) for i in range(200)]
+    solved = [rec(f"s{i}", s=1.0, m=1.0, l=1.0) for i in range(2000)]
+    out = levels.assign_levels(failed + solved, seed=3)
+    l3 = {r["id"] for r in out if "L3" in r["levels"]}
+    assert len(out) == 2200 and {r["id"] for r in failed} <= l3
+    assert abs(len(l3 - {r["id"] for r in failed}) / 2000 - 0.5) < 0.04
+    note = levels.level_table(out, levels.paper_level_rules()).splitlines()[-1]
+    assert note == "keep: 2200 of 2200 kept records have no deepseek-r1 rate ('unknown' counts as keep)"
 
 
 def test_l3_takes_a_seeded_fraction_of_32b_solved():
@@ -80,6 +104,6 @@ def test_level_table_counts_overlaps():
     table = levels.level_table(out + [{"id": "n", "domain": "code", "levels": []}])
     lines = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:-1]}
     # columns: code math all
-    assert lines["L1"] == ["0", "3", "3"] and lines["L2"] == ["0", "3", "3"]
-    assert lines["L3"] == ["0", "8", "8"] and lines["-"] == ["1", "0", "1"]
-    assert lines["records"] == ["1", "8", "9"]
+    assert lines["L1"] == ["0", "4", "4"] and lines["L2"] == ["0", "5", "5"]
+    assert lines["L3"] == ["0", "10", "10"] and lines["-"] == ["1", "1", "2"]
+    assert lines["records"] == ["1", "12", "13"]

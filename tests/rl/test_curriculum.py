@@ -115,3 +115,123 @@ def test_load_state_for_another_config_fails():
 def test_validation_names_the_field(stages, needle):
     with pytest.raises(ValueError, match=needle):
         Curriculum(stages)
+
+
+# ---------------------------------------------------------------- the stage switch
+def _small(c, stages, total_steps):
+    """A paper config shrunk to a seconds-long run with a tiny model; the procedure (what is
+    continued, what the reference is) is the config's own."""
+    from dsrl_jax.rewards import REWARDS, RewardResult, register
+
+    if "digit_fraction_switch" not in REWARDS:  # rewards that differ within a group: real advantages
+        register("digit_fraction_switch")(
+            lambda response, record, **_: RewardResult(sum(ch.isdigit() for ch in response) / max(len(response), 1), {}))
+    with c.unlocked():
+        c.seed, c.total_steps = 5, total_steps
+        c.data.sources, c.data.decontaminate.against = [], ""
+        c.model.init, c.model.dtype = "preset:tiny", "float32"
+        c.mesh = {"data": 1, "fsdp": 8, "tensor": 1}
+        c.rollout.batch_prompts, c.rollout.group_size, c.rollout.cache_dtype = 2, 4, "float32"
+        c.rollout.prompts_per_sample_call = 0
+        c.train.micro_batch_size = 8
+        c.optim.lr = 1e-3
+        c.rewards = {"math": [{"name": "digit_fraction_switch", "weight": 1.0}]}
+        c.reward_workers = 0
+        c.checkpoint.update(every=100, keep=2, async_save=False, export_hf=False)
+        c.log.update(progress=False, tensorboard=False)
+        c.eval.every = 0
+        for s in stages:
+            s.update(max_prompt_len=64, max_response_len=8 if s["name"] == "stage1" else 12)
+            if s["name"] == "stage1":
+                s["end"] = {"max_steps": 2, "plateau": None}
+        c.curriculum.stages = stages
+    return c
+
+
+def _trainer(c, workdir, model):
+    import jax
+    import numpy as np
+
+    from dsrl_jax.demo.task import make_split
+    from dsrl_jax.demo.tokenizer import CharTokenizer
+    from dsrl_jax.rl.trainer import Trainer
+
+    records = [{**r, "levels": ["L2", "L3"]} for r in make_split(16, seed=0, difficulties=(1, 2))]
+    tok = CharTokenizer()
+    model = (model[0], jax.tree.map(np.array, model[1]))  # host copies: the trainer donates its buffers
+    return Trainer(c, str(workdir), records=records, tokenizer=tok, model=model,
+                   tokenize_fn=lambda r: tok.format_prompt(r["problem"]))
+
+
+@pytest.mark.slow
+def test_stage2_config_and_staged_config_reach_the_same_stage2_state(tmp_path):
+    """staged.py switching inside one run == stage1.py, then stage2.py with init_from: the
+    same policy, AdamW moments and count, step and RNG, and the same KL reference (the
+    initial model, not the stage-1 result)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from configs import stage1, stage2, staged
+    from dsrl_jax.demo.tokenizer import CharTokenizer
+    from dsrl_jax.models import qwen2
+    from dsrl_jax.models.config import preset
+
+    assert stage2.get_config().model.init == staged.get_config().model.init == stage1.get_config().model.init
+    cfg = preset("tiny", vocab_size=CharTokenizer().vocab_size, dtype="float32")
+    model = (cfg, qwen2.init_params(cfg, 0))
+    def host(tree):
+        keys = lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x  # noqa: E731
+        return jax.tree.map(lambda x: np.asarray(jax.device_get(keys(x))), tree)
+
+    flat = lambda tree: jax.tree_util.tree_flatten_with_path(tree)[0]  # noqa: E731
+
+    c = staged.get_config()
+    c = _small(c, [dict(s) for s in c.curriculum.stages], total_steps=3)
+    at_switch = {}
+    t = _trainer(c, tmp_path / "staged", model)
+    try:
+        t.run(on_step=lambda tr, step, m: step == 2 and at_switch.update(
+            state=host(tr.state), ref=host(tr.ref_params), stage=tr.curriculum.stage.name))
+    finally:
+        t.close()
+    assert at_switch["stage"] == "stage2"
+
+    c1 = stage1.get_config()
+    t = _trainer(_small(c1, [dict(s) for s in c1.curriculum.stages], total_steps=2), tmp_path / "s1", model)
+    try:
+        t.run()
+    finally:
+        t.close()
+
+    c2 = stage2.get_config()
+    c2 = _small(c2, [dict(s) for s in c2.curriculum.stages], total_steps=3)
+    c2.init_from = str(tmp_path / "s1")
+    t = _trainer(c2, tmp_path / "s2", model)
+    try:
+        got_state, got_ref = host(t.state), host(t.ref_params)
+        assert t.curriculum.stage.name == "stage2" and int(got_state["step"]) == 2
+    finally:
+        t.close()
+    want = flat({k: at_switch["state"][k] for k in ("params", "opt_state", "step")})
+    have = flat({k: got_state[k] for k in ("params", "opt_state", "step")})
+    assert [p for p, _ in have] == [p for p, _ in want]
+    for (path, a), (_, b) in zip(have, want):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_array_equal(got_state["rng"], at_switch["state"]["rng"])
+    moved = [not np.array_equal(a, b) for (_, a), (_, b) in zip(flat(got_state["params"]), flat(host(model[1])))]
+    assert any(moved)  # stage 1 trained: the policy is not the initial model ...
+    for (_, a), (_, b) in zip(flat(got_ref), flat(at_switch["ref"])):
+        np.testing.assert_array_equal(a, b)
+    for (_, a), (_, b) in zip(flat(got_ref), flat(host(model[1]))):
+        np.testing.assert_array_equal(a, b)  # ... while the reference is
+
+
+def test_init_from_without_a_checkpoint_is_a_clear_error(tmp_path):
+    from dsrl_jax.rl.curriculum import continue_from
+
+    with pytest.raises(FileNotFoundError, match="not a training workdir"):
+        continue_from(str(tmp_path / "nowhere"), {})
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        continue_from(str(tmp_path / "run"), {})

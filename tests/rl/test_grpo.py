@@ -132,6 +132,36 @@ def test_kl_estimators(lp, ref):
         close(grpo.kl_penalty(jnp.array(lp), jnp.array(ref), kind), want)
 
 
+def test_kl_estimator_expected_gradients_match_exact_kl_gradients():
+    """On a small categorical, E_{x~pi}[grad k(x)] with the samples held fixed (the loss's
+    gradient in expectation) against autodiff of the exact divergences:
+    k1 -> 0, k2 -> grad KL(pi||ref), k3 -> grad KL(ref||pi); k1 and k3 values -> KL(pi||ref)."""
+    theta = jnp.array([0.3, -1.2, 0.8, 0.0, 2.0])
+    ref = jax.nn.log_softmax(jnp.array([1.0, 0.5, -0.7, 0.2, 0.9]))
+
+    def expected(kind, th):  # exact expectation over the 5 outcomes, pi(x) not differentiated
+        lp = jax.nn.log_softmax(th)
+        weights = jax.lax.stop_gradient(jnp.exp(lp))
+        return jnp.sum(weights * grpo.kl_penalty(lp, ref, kind))
+
+    def kl_pi_ref(th):
+        lp = jax.nn.log_softmax(th)
+        return jnp.sum(jnp.exp(lp) * (lp - ref))
+
+    def kl_ref_pi(th):
+        return jnp.sum(jnp.exp(ref) * (ref - jax.nn.log_softmax(th)))
+
+    grad = {k: jax.grad(lambda th, k=k: expected(k, th))(theta) for k in grpo.KL_ESTIMATORS}
+    g_rev, g_fwd = jax.grad(kl_pi_ref)(theta), jax.grad(kl_ref_pi)(theta)
+    assert float(jnp.abs(g_rev - g_fwd).max()) > 0.05  # the two targets are distinguishable here
+    np.testing.assert_allclose(grad["k1"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(grad["k2"], g_rev, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad["k3"], g_fwd, rtol=1e-5, atol=1e-6)
+    for kind in ("k1", "k3"):  # the values are unbiased estimates of KL(pi||ref)
+        np.testing.assert_allclose(expected(kind, theta), kl_pi_ref(theta), rtol=1e-5)
+    assert abs(float(expected("k2", theta) - kl_pi_ref(theta))) > 1e-3  # k2's value is biased
+
+
 def test_entropy_from_logits():
     logits = jnp.array([[[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]]])
     close(grpo.entropy_from_logits(logits), [[math.log(4), 0.0]])
