@@ -148,7 +148,7 @@ def first_error(response: str, gold: str) -> str:
 
 
 def analyse(workdir: str) -> dict:
-    from dsrl_jax.demo.evaluate import pass_at_1
+    from dsrl_jax.demo.evaluate import demo_policy, pass_at_1
     from dsrl_jax.demo.task import solution
 
     cfg, tok, models = load_models(workdir)
@@ -156,7 +156,7 @@ def analyse(workdir: str) -> dict:
         records = [json.loads(line) for line in f]
     out, tfs = {}, {}
     for name, params in models.items():
-        greedy = pass_at_1(cfg, params, tok, records, greedy=True, max_new_tokens=64)
+        greedy = pass_at_1(demo_policy(cfg, params, tok), records, greedy=True, max_new_tokens=64)
         scores = [1.0 if r == solution(rec) else None for r, rec in zip(greedy.responses, records)]
         errors = collections.Counter(first_error(r, solution(rec)) for r, rec, s in
                                      zip(greedy.responses, records, scores) if s is None)

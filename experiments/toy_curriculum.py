@@ -184,11 +184,12 @@ def pool_summary(records) -> dict:
 def _evaluate(config, cfg, params, tok, eval_records, pool, out_dir):
     """The demo's held-out evaluation (Pass@1 n=4 T=1 and greedy), with evaluation seed 0."""
     from dsrl_jax.demo import run as demo_run
+    from dsrl_jax.demo.evaluate import demo_policy
 
     c = copy.deepcopy(config)
     with c.unlocked():
         c.seed = 0  # the same sampling noise for every policy evaluated
-    res = demo_run._evaluate(cfg, params, tok, eval_records, c, pool, out_dir, "heldout")
+    res = demo_run._evaluate(demo_policy(cfg, params, tok), eval_records, c, pool, out_dir, "heldout")
     return {k: res[k] for k in ("pass@1", "greedy_accuracy", "by_difficulty")}
 
 
@@ -207,6 +208,7 @@ def _read_curve(workdir: str) -> list[tuple[int, float, str]]:
 def _one_run(variant, seed, args, assets, pool):
     import jax
 
+    from dsrl_jax.demo.evaluate import demo_policy
     from dsrl_jax.rl.trainer import Trainer
 
     base_config, cfg, tok, params, records, eval_records = assets
@@ -226,8 +228,7 @@ def _one_run(variant, seed, args, assets, pool):
     t0 = time.perf_counter()
     # A host copy per run: the trainer donates its parameter buffers to the update step.
     warm = jax.tree.map(lambda x: np.array(x, copy=True), params)
-    trainer = Trainer(config, workdir, records=records, tokenizer=tok, model=(cfg, warm),
-                      tokenize_fn=lambda r: tok.format_prompt(r["problem"]))
+    trainer = Trainer(config, workdir, records=records, policy=demo_policy(cfg, warm, tok))
     try:
         trainer.run()
         final = jax.device_get(trainer.state["params"])

@@ -83,6 +83,7 @@ def get_config():
     c.proxies = [proxy("tiny", {model!r}, **small)]
     c.output = {out!r}
     c.reward_workers = 1
+    c.decontaminate.against = ""  # offline: no hub benchmarks to check against
     return c
 """
 

@@ -46,6 +46,8 @@ import unicodedata
 
 import ml_collections
 
+from dsrl_jax import paths
+
 # The paper's evaluation benchmarks plus AIME25 and AMC23 (common companions), by their
 # dsrl_jax.evaluate names; offline, give `name=path` pairs instead.
 PAPER_BENCHMARKS = "aime24,aime25,math500,amc23,livecodebench"
@@ -177,10 +179,11 @@ def apply(records: list[dict], cfg, report_path: str | None = None, eval_opts=No
 
 def write_report(path: str, report: Report, cfg) -> None:
     """The report as JSON: the summary, the settings and a few example overlaps."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({**report.summary(), "against": str(cfg["against"]), "ngram": cfg.get("ngram", 13),
-                   "min_coverage": cfg.get("min_coverage", 0.5), "examples": report.examples}, f, indent=2)
+    if not paths.is_url(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    paths.write_text(path, json.dumps({**report.summary(), "against": str(cfg["against"]), "ngram": cfg.get("ngram", 13),
+                                       "min_coverage": cfg.get("min_coverage", 0.5), "examples": report.examples},
+                                      indent=2))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -112,7 +112,7 @@ class Trainer:
             if r.skipped:
                 print(str(r))
         return decontaminate.apply(records, self.config.data.get("decontaminate"),
-                                   os.path.join(self.workdir, "decontamination.json"), eval_opts=self.config.eval)
+                                   paths.join(self.workdir, "decontamination.json"), eval_opts=self.config.eval)
 
     def _loss_cfg(self, stage) -> ml_collections.ConfigDict:
         return _merged(self.config.loss, dict(stage.get("loss") or {}))
