@@ -152,15 +152,15 @@ def _trainer(c, workdir, model):
     import jax
     import numpy as np
 
+    from dsrl_jax.demo.evaluate import demo_policy
     from dsrl_jax.demo.task import make_split
     from dsrl_jax.demo.tokenizer import CharTokenizer
     from dsrl_jax.rl.trainer import Trainer
 
     records = [{**r, "levels": ["L2", "L3"]} for r in make_split(16, seed=0, difficulties=(1, 2))]
     tok = CharTokenizer()
-    model = (model[0], jax.tree.map(np.array, model[1]))  # host copies: the trainer donates its buffers
-    return Trainer(c, str(workdir), records=records, tokenizer=tok, model=model,
-                   tokenize_fn=lambda r: tok.format_prompt(r["problem"]))
+    params = jax.tree.map(np.array, model[1])  # host copies: the trainer donates its buffers
+    return Trainer(c, str(workdir), records=records, policy=demo_policy(model[0], params, tok))
 
 
 @pytest.mark.slow
