@@ -226,7 +226,7 @@ def plan_sampler(cfg, c, mesh, rules, params, stage, *, prompts_per_call=None):
     key = jax.eval_shape(lambda: jax.random.key(0))
     args = (params, _sds((rows, plen), jnp.int32, sh), _sds((rows, plen), jnp.bool_, sh),
             _sds(key.shape, key.dtype, rep), _sds((), jnp.int32, rep), _sds((), jnp.float32, rep),
-            _sds((), jnp.float32, rep))
+            _sds((), jnp.float32, rep), _sds((), jnp.int32, rep))
     t0 = time.perf_counter()
     new = sampler.new_tokens_bucket(opts.max_new_tokens)
     compiled = sampler._generate.lower(*args, max_new_bucket=new, opts=_static(opts)).compile()
