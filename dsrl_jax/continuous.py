@@ -74,7 +74,7 @@ class Programs:
 
     def __init__(self, sampler, layout: Layout):
         self.sampler, self.lay = sampler, layout
-        self.prefill = jax.jit(self._prefill, static_argnames=("opts",), donate_argnums=(1,))
+        self.prefill = jax.jit(self._prefill, static_argnames=("cache_dtype",), donate_argnums=(1,))
         self.decode = jax.jit(self._decode, static_argnames=("steps", "opts"), donate_argnums=(1,))
         self.init_state = jax.jit(self._init_state, static_argnames=("cache_dtype",))
 
@@ -116,12 +116,12 @@ class Programs:
         vs = val.reshape(g, -1, *val.shape[1:])
         return jax.vmap(lambda a, i, v: a.at[i].set(v, mode="drop"))(xs, slots, vs).reshape(x.shape)
 
-    def _prefill(self, params, state, tokens, mask, slots, pages, rows, ngen0, *, opts):
+    def _prefill(self, params, state, tokens, mask, slots, pages, rows, ngen0, *, cache_dtype):
         """Prefills tokens/mask [G*A, L] (left-padded) into local `slots` [G, A] and their
         `pages` [G, A, L/P] (pages >= N and slots >= S mark padding)."""
         cfg, lay = self.sampler.cfg, self.lay
         ga, length = tokens.shape
-        cache = qwen2.init_cache(cfg, ga, length, opts[5])
+        cache = qwen2.init_cache(cfg, ga, length, cache_dtype)
         positions = qwen2.positions_from_mask(mask)
         hidden, cache = qwen2.forward(cfg, params, tokens, positions, mask, cache, 0, return_hidden=True)
         last = (hidden[:, -1] @ qwen2.head_weight(cfg, params).astype(hidden.dtype)).astype(jnp.float32)
@@ -285,7 +285,7 @@ class Run:
                 self.clock += 1
         put = lambda x: jax.device_put(x, self.pr._slot_sharding(x.ndim))
         self.state = self.pr.prefill(self.params, self.state, put(tokens), put(mask), put(slots), put(pages),
-                                     put(rows), put(ngen0), opts=self.static)
+                                     put(rows), put(ngen0), cache_dtype=self.opts.cache_dtype)
 
     def _reserve(self):
         """Pages for the next steps_per_call tokens of every live slot (oldest rows first);
