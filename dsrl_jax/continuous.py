@@ -181,12 +181,13 @@ class Programs:
 class Run:
     """Host side of one continuous-batching call (see the module docstring)."""
 
-    def __init__(self, programs: Programs, params, prompts, rng, opts, on_finished):
+    def __init__(self, programs: Programs, params, prompts, rng, opts, on_finished, first_row: int = 0):
         from dsrl_jax.sampling import _static
 
         self.pr, self.lay, self.params, self.rng, self.opts = programs, programs.lay, params, rng, opts
         self.static = _static(opts)
         self.on_finished = on_finished
+        self.first_row = first_row  # row r draws as row first_row + r
         self.prompts: list[list[int]] = []
         self.tokens: list[list[int]] = []
         self.lps: list[list[float]] = []
@@ -278,7 +279,7 @@ class Run:
                 for _ in range(length // lay.P):
                     self._take_page(g, s)
                 pages[g, j] = self.slot_pages[g][s]
-                slots[g, j], rows[g, j], ngen0[g, j] = s, row, len(self.tokens[row])
+                slots[g, j], rows[g, j], ngen0[g, j] = s, self.first_row + row, len(self.tokens[row])
                 self.slot_row[g, s], self.slot_pos[g, s] = row, length
                 self.slot_limit[g, s] = length + self.opts.max_new_tokens - len(self.tokens[row]) - 1
                 self.slot_age[g, s] = self.clock

@@ -155,25 +155,27 @@ class Sampler:
         return tokens, mask
 
     def sample(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array,
-               opts: SampleOptions, on_finished=None) -> SampleOutput:
+               opts: SampleOptions, on_finished=None, first_row: int = 0) -> SampleOutput:
         """Samples opts.n completions per prompt; rows in input order (prompt_index * n + j).
-        `on_finished(rows, output)` (continuous batching only; else called once at the end)
-        receives rows as they finish and may return more prompts to queue."""
+        `on_finished(rows, output)` receives rows as they finish (the static path: all at
+        the end) and may return more prompts to queue. Row r draws its tokens from
+        fold_in(fold_in(rng, first_row + r), t): one queue split over several calls with
+        consecutive first_row values samples as one call would."""
         if opts.max_in_flight is not None:
-            return self._sample_continuous(params, prompts, rng, opts, on_finished)
-        out = self._sample_static(params, prompts, rng, opts)
+            return self._sample_continuous(params, prompts, rng, opts, on_finished, first_row)
+        out = self._sample_static(params, prompts, rng, opts, row0=first_row)
         while on_finished is not None:
             done = len(out.lengths)
             prompts = on_finished(list(range(done - len(prompts) * opts.n, done)), _rows(out, done - len(prompts) * opts.n))
             if not prompts:
                 break
-            extra = self._sample_static(params, prompts, rng, opts, row0=done)
+            extra = self._sample_static(params, prompts, rng, opts, row0=first_row + done)
             out = SampleOutput(*(np.concatenate([a, b]) for a, b in zip(
                 (out.tokens, out.logprobs, out.lengths, out.finish_reason),
                 (extra.tokens, extra.logprobs, extra.lengths, extra.finish_reason))))
         return out
 
-    def _sample_continuous(self, params, prompts, rng, opts, on_finished):
+    def _sample_continuous(self, params, prompts, rng, opts, on_finished, first_row=0):
         from dsrl_jax import continuous
 
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -184,7 +186,8 @@ class Sampler:
         if key not in self._continuous:
             self._continuous[key] = continuous.Programs(self, lay)
         with parallel.activation_sharding(self.mesh, self.rules):
-            return continuous.Run(self._continuous[key], params, prompts, rng, opts, on_finished).run()
+            return continuous.Run(self._continuous[key], params, prompts, rng, opts, on_finished,
+                                  first_row).run()
 
     def prepare(self, params, replicate: bool = True):
         """Parameters in the sampling layout, converted on device (call once per RL step):
@@ -192,20 +195,21 @@ class Sampler:
         replicated (tensor-parallel dimensions stay split over `tensor`), so decoding never
         gathers weights. replicate=False keeps the given sharding (a model too large to hold
         once per data-parallel group) and only casts."""
-        dtype = jnp.dtype(self.cfg.dtype)
         if replicate not in self._prepare:
-            shardings = None
-            if replicate:
-                rules = dict(parallel.DEFAULT_RULES if self.rules is None else self.rules)
-                batch = rules.get("batch")
-                data_axes = set((batch,) if isinstance(batch, str) else tuple(batch or ()))
-                keep = lambda t: tuple(a for a in ((t,) if isinstance(t, str) else tuple(t or ())) if a not in data_axes)
-                prules = {k: (v if k == "batch" else (keep(v) or None)) for k, v in rules.items()}
-                shardings = parallel.param_shardings(qwen2.logical_axes(self.cfg), qwen2.abstract_params(self.cfg),
-                                                     self.mesh, prules)
+            dtype = jnp.dtype(self.cfg.dtype)
             cast = lambda p: jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, p)
-            self._prepare[replicate] = jax.jit(cast, out_shardings=shardings)
+            self._prepare[replicate] = jax.jit(cast, out_shardings=self.sampling_shardings() if replicate else None)
         return self._prepare[replicate](params)
+
+    def sampling_shardings(self):
+        """NamedShardings of `prepare(params)`: the rules with the data axes removed from
+        every parameter dimension (the batch still splits over them)."""
+        rules = dict(parallel.DEFAULT_RULES if self.rules is None else self.rules)
+        batch = rules.get("batch")
+        data_axes = set((batch,) if isinstance(batch, str) else tuple(batch or ()))
+        keep = lambda t: tuple(a for a in ((t,) if isinstance(t, str) else tuple(t or ())) if a not in data_axes)
+        rules = {k: (v if k == "batch" else (keep(v) or None)) for k, v in rules.items()}
+        return parallel.param_shardings(qwen2.logical_axes(self.cfg), qwen2.abstract_params(self.cfg), self.mesh, rules)
 
     def _sample_static(self, params, prompts, rng, opts, row0: int = 0) -> SampleOutput:
         tokens, mask = self.pad_prompts(prompts, opts.n)
