@@ -40,6 +40,9 @@ from dsrl_jax import parallel, token_choice
 from dsrl_jax.models import qwen2
 
 
+PREFILL_ROWS = 8  # rows admitted per group per round: bounds the prefill's activations
+
+
 class Layout:
     """Shapes of one continuous-batching configuration: G groups x S slots, N pages of P
     tokens per group (page 0 is a scratch page), M pages per row at most."""
@@ -111,10 +114,29 @@ class Programs:
     # -- device side --------------------------------------------------------------------------
     def _put(self, x, slots, val):
         """x [G*S, ...] with val [G*A, ...] written at local slots [G, A] (S: dropped)."""
-        g, s = self.lay.G, self.lay.S
-        xs = x.reshape(g, s, *x.shape[1:])
-        vs = val.reshape(g, -1, *val.shape[1:])
-        return jax.vmap(lambda a, i, v: a.at[i].set(v, mode="drop"))(xs, slots, vs).reshape(x.shape)
+        s = self.lay.S
+
+        def local(x, slots, val):
+            g = slots.shape[0]
+            xs, vs = x.reshape(g, s, *x.shape[1:]), val.reshape(g, -1, *val.shape[1:])
+            return jax.vmap(lambda a, i, v: a.at[i].set(v, mode="drop"))(xs, slots, vs).reshape(x.shape)
+
+        spec = lambda a: ("batch",) + (None,) * (a.ndim - 1)
+        return parallel.per_batch_shard(local, (x, slots, val), (spec(x), spec(slots), spec(val)), spec(x))
+
+    def _write_pages(self, pools, chunks, pages, values: bool):
+        """Every layer's prefilled chunk [G*A, ...] into its pool's pages, per shard."""
+        def local(pools, chunks, pages):
+            g = pages.shape[0]
+            return tuple(qwen2.write_pages(p, c.reshape(g, -1, *c.shape[1:]), pages, values)
+                         for p, c in zip(pools, chunks))
+
+        spec = lambda a: ("batch",) + (None,) * (a.ndim - 1)
+        pool_specs = tuple(("batch", None, "heads", None, None) for _ in pools)
+        chunk_specs = tuple(("batch", "heads", None, None) for _ in chunks)
+        return parallel.per_batch_shard(local, (tuple(pools), tuple(chunks), pages),
+                                        (pool_specs, chunk_specs, spec(pages)), pool_specs,
+                                        heads=self.sampler.cfg.num_kv_heads)
 
     def _prefill(self, params, state, tokens, mask, slots, pages, rows, ngen0, *, cache_dtype):
         """Prefills tokens/mask [G*A, L] (left-padded) into local `slots` [G, A] and their
@@ -125,10 +147,9 @@ class Programs:
         positions = qwen2.positions_from_mask(mask)
         hidden, cache = qwen2.forward(cfg, params, tokens, positions, mask, cache, 0, return_hidden=True)
         last = (hidden[:, -1] @ qwen2.head_weight(cfg, params).astype(hidden.dtype)).astype(jnp.float32)
-        group = lambda x: x.reshape(lay.G, -1, *x.shape[1:])
         new = dict(state)
-        new["k"] = tuple(qwen2.write_pages(p, group(c[0]), pages, False) for p, c in zip(state["k"], cache["k"]))
-        new["v"] = tuple(qwen2.write_pages(p, group(c[0]), pages, True) for p, c in zip(state["v"], cache["v"]))
+        new["k"] = self._write_pages(state["k"], [c[0] for c in cache["k"]], pages, False)
+        new["v"] = self._write_pages(state["v"], [c[0] for c in cache["v"]], pages, True)
         full = lambda v: jnp.full((ga,), v, jnp.int32)
         new["last"] = self._put(state["last"], slots, last)
         new["pos"] = self._put(state["pos"], slots, full(length))
@@ -252,6 +273,7 @@ class Run:
         admits = [[] for _ in range(lay.G)]
         budget = [len(f) for f in self.free]
         for row in want:
+            free_slots = [f if len(admits[j]) < PREFILL_ROWS else [] for j, f in enumerate(free_slots)]
             g = max(range(lay.G), key=lambda j: (len(free_slots[j]) > 0 and budget[j] >= need, len(free_slots[j])))
             if not free_slots[g] or budget[g] < need:
                 break

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from dsrl_jax import parallel
+
 _NEG = -1e30  # finite "minus infinity": fully masked rows stay NaN-free
 
 
@@ -83,7 +85,19 @@ def pool_step(q, k, v, pool: PoolKV, pos):
 
     Every page is scored against its owner slot's query and softmax-normalised per owner
     (segment max / sum), so a step reads the pool once, whatever the rows' lengths: the pool
-    is sized by the tokens that are live, and no [slots, longest row] block is gathered."""
+    is sized by the tokens that are live, and no [slots, longest row] block is gathered.
+    Under a mesh, each data-parallel shard runs it on its own groups (parallel.per_batch_shard)."""
+    row = ("batch", None, "heads", None)
+    grp = ("batch",)
+    pool_spec = PoolKV(("batch", None, "heads", None, None), ("batch", None, "heads", None, None), grp, grp, grp, grp)
+    pool_spec = tuple(pool_spec)
+    out_spec = (row, (pool_spec[0], pool_spec[1]))
+    fn = lambda q, k, v, pl, pos: _pool_step(q, k, v, PoolKV(*pl), pos)
+    return parallel.per_batch_shard(fn, (q, k, v, tuple(pool), pos), (row, row, row, pool_spec, grp), out_spec,
+                                    heads=pool.k.shape[2])
+
+
+def _pool_step(q, k, v, pool: PoolKV, pos):
     g_, n, hkv, d, p = pool.k.shape
     s = pool.table.shape[1]
     h = q.shape[2]

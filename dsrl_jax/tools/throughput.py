@@ -8,8 +8,8 @@ Rollout plan of a training config on a topology (`plan_rollout`):
   - rows in flight: `rows_per_chip` x chips decoding slots, KV pool of `kv_fraction` x slots
     x (prompt + response) tokens, weights in the sampling layout (Sampler.prepare: compute
     dtype, replicated over the data axes);
-  - the compiled continuous-batching programs' memory (decode loop and a prefill of every
-    slot at once), and one decode step's FLOPs and bytes accessed (cost_analysis of the
+  - the compiled continuous-batching programs' memory (decode loop and the largest prefill
+    of a round, continuous.PREFILL_ROWS rows per group), and one decode step's FLOPs and bytes accessed (cost_analysis of the
     compiled loop, whose body XLA counts once: one step), with the in-place pool writes
     counted at the bytes they write (`pool_write_overcount`; the raw figure is kept as
     decode_step_bytes_counted_by_xla);
@@ -65,9 +65,65 @@ def sampling_params(sampler, replicate: bool, training_params=None):
     return jax.tree.map(lambda a: _sds(a.shape, dtype, a.sharding), training_params)
 
 
-def compile_continuous(sampler, layout, params, opts, prompt_len: int):
-    """Compiles the decode loop and a prefill of every slot; (decode stats, prefill stats),
-    each with memory figures (tools.memory._stats) plus flops and bytes accessed."""
+def compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill: bool = True, cpu_raw: bool = True):
+    """(decode stats, prefill stats) of the decode loop and a round's largest prefill, as a
+    TPU would hold them. XLA:CPU computes bf16 dots in f32 and materialises f32 copies of
+    their bf16 operands (the whole KV pool and the weights, per layer), which a TPU does
+    not; so each program is compiled twice: as given (raw figures, "cpu_*" keys) and all in
+    f32 (weights, cache, activations: no upcasts). Reported: peak = the bf16 program's
+    arguments and unaliased outputs + the f32 program's temporaries (an upper bound of the
+    bf16 ones); bytes accessed = half the f32 program's (every array at twice its size)."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from dsrl_jax.sampling import Sampler
+
+    if jnp.dtype(sampler.cfg.dtype) == jnp.float32 and opts.cache_dtype == "float32":
+        return _compile_continuous(sampler, layout, params, opts, prompt_len, prefill)
+    if cpu_raw:
+        raw = _compile_continuous(sampler, layout, params, opts, prompt_len, prefill)
+    else:  # arguments from the abstract shapes (the donated state aliases the outputs)
+        from dsrl_jax.tools.memory import _per_device_bytes
+
+        args = _per_device_bytes(params) + _per_device_bytes(abstract_state(sampler, layout, opts.cache_dtype))
+        st = {"argument_bytes": args, "output_bytes": 0, "alias_bytes": 0}
+        raw = [dict(st), dict(st) if prefill else None]
+    f32 = Sampler(dataclasses.replace(sampler.cfg, dtype="float32", param_dtype="float32"), sampler.mesh,
+                  sampler.rules)
+    params32 = jax.tree.map(lambda a: _sds(a.shape, jnp.float32, a.sharding), params)
+    full = _compile_continuous(f32, layout, params32, dataclasses.replace(opts, cache_dtype="float32"), prompt_len,
+                               prefill)
+    out = []
+    for r, f in zip(raw, full):
+        if r is None:
+            out.append(None)
+            continue
+        st = {f"cpu_{k}": v for k, v in r.items()}
+        st.update(r)
+        st["temp_bytes"] = f["temp_bytes"]
+        st["peak_bytes_per_device"] = r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] + f["temp_bytes"]
+        st["bytes_accessed"] = f["bytes_accessed"] / 2
+        st["flops"] = f["flops"]
+        out.append(st)
+    return out
+
+
+def abstract_state(sampler, layout, cache_dtype):
+    """Sharded ShapeDtypeStructs of the continuous-batching device state."""
+    import jax
+
+    from dsrl_jax import continuous
+
+    progs = continuous.Programs(sampler, layout)
+    shapes = jax.eval_shape(functools.partial(progs._init_state, cache_dtype))
+    pool_sh = progs._pool_sharding()
+    return {k: (tuple(_sds(x.shape, x.dtype, pool_sh) for x in v) if k in ("k", "v")
+                else _sds(v.shape, v.dtype, progs._slot_sharding(v.ndim))) for k, v in shapes.items()}
+
+
+def _compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill: bool = True):
     import jax
     import jax.numpy as jnp
 
@@ -76,10 +132,7 @@ def compile_continuous(sampler, layout, params, opts, prompt_len: int):
     from dsrl_jax.tools.memory import _stats
 
     progs = continuous.Programs(sampler, layout)
-    shapes = jax.eval_shape(functools.partial(progs._init_state, opts.cache_dtype))
-    pool_sh = progs._pool_sharding()
-    state = {k: (tuple(_sds(x.shape, x.dtype, pool_sh) for x in v) if k in ("k", "v")
-                 else _sds(v.shape, v.dtype, progs._slot_sharding(v.ndim))) for k, v in shapes.items()}
+    state = abstract_state(sampler, layout, opts.cache_dtype)
     g, s, n, m = layout.G, layout.S, layout.N, layout.M
     sh = progs._slot_sharding
     rep = parallel.replicated(sampler.mesh)
@@ -89,12 +142,16 @@ def compile_continuous(sampler, layout, params, opts, prompt_len: int):
         _sds((g * s,), jnp.bool_, sh(1)), _sds(key.shape, key.dtype, rep), _sds((), jnp.int32, rep),
         _sds((), jnp.float32, rep), _sds((), jnp.float32, rep), steps=opts.steps_per_call, opts=_static(opts)).compile()
     length = -(-bucket(prompt_len, sampler.min_prompt_bucket) // layout.P) * layout.P
-    pre = progs.prefill.lower(
-        params, state, _sds((g * s, length), jnp.int32, sh(2)), _sds((g * s, length), jnp.bool_, sh(2)),
-        _sds((g, s), jnp.int32, sh(2)), _sds((g, s, length // layout.P), jnp.int32, sh(3)),
-        _sds((g, s), jnp.int32, sh(2)), _sds((g, s), jnp.int32, sh(2)), cache_dtype=opts.cache_dtype).compile()
+    a = bucket(min(s, continuous.PREFILL_ROWS), 1)  # the largest prefill of a round
+    pre = None if not prefill else progs.prefill.lower(
+        params, state, _sds((g * a, length), jnp.int32, sh(2)), _sds((g * a, length), jnp.bool_, sh(2)),
+        _sds((g, a), jnp.int32, sh(2)), _sds((g, a, length // layout.P), jnp.int32, sh(3)),
+        _sds((g, a), jnp.int32, sh(2)), _sds((g, a), jnp.int32, sh(2)), cache_dtype=opts.cache_dtype).compile()
     out = []
     for compiled in (dec, pre):
+        if compiled is None:
+            out.append(None)
+            continue
         st = _stats(compiled)
         st["flops"], st["bytes_accessed"] = _cost(compiled)
         out.append(st)
@@ -159,13 +216,14 @@ def plan_rollout(cfg, c, mesh, rules, state, stage, topology, *, rows_per_chip=2
     static_opts = dataclasses.replace(opts, max_in_flight=static_rows, kv_cache_tokens=static_rows * row_tokens // 2)
     static_lay = continuous.plan_layout(sampler, static_rows, static_opts.kv_cache_tokens, page_size, plen, cap)
     sdec, _ = compile_continuous(sampler, static_lay, sampling_params(sampler, False, state["params"]), static_opts,
-                                 plen)
+                                 plen, prefill=False)
     step_s = step_seconds(dec["flops"], dec["bytes_accessed"], topology)
     prefill_s = step_seconds(pre["flops"], pre["bytes_accessed"], topology)
     static_step_s = step_seconds(sdec["flops"], sdec["bytes_accessed"], topology)
     rows = r.batch_prompts * r.group_size
     steps = rows * MEAN * cap / (lay.G * lay.S) + cap
-    rollout_s = steps * step_s + rows / (lay.G * lay.S) * prefill_s
+    prefill_rows = lay.G * min(lay.S, continuous.PREFILL_ROWS)
+    rollout_s = steps * step_s + rows / prefill_rows * prefill_s
     calls = math.ceil(r.batch_prompts / (r.prompts_per_sample_call or r.batch_prompts))
     static_s = calls * cap * static_step_s
     peak = max(dec["peak_bytes_per_device"], pre["peak_bytes_per_device"])
@@ -174,7 +232,9 @@ def plan_rollout(cfg, c, mesh, rules, state, stage, topology, *, rows_per_chip=2
         "rows_in_flight_per_chip": rows_per_chip, "slots": lay.G * lay.S, "kv_cache_tokens": kv_tokens,
         "kv_fraction": kv_fraction, "page_size": page_size, "steps_per_call": steps_per_call,
         "decode_step_bytes": dec["bytes_accessed"], "decode_step_flops": dec["flops"],
-        "decode_step_bytes_counted_by_xla": dec["bytes_accessed_raw"],
+        "decode_step_bytes_counted_by_xla": dec.get("cpu_bytes_accessed_raw", dec["bytes_accessed_raw"]),
+        "cpu_decode_peak_bytes": dec.get("cpu_peak_bytes_per_device", dec["peak_bytes_per_device"]),
+        "cpu_prefill_peak_bytes": pre.get("cpu_peak_bytes_per_device", pre["peak_bytes_per_device"]),
         "decode_peak_bytes": dec["peak_bytes_per_device"], "prefill_peak_bytes": pre["peak_bytes_per_device"],
         "peak_bytes_per_device": peak, "resident_other_bytes": resident, "total_bytes_per_device": peak + resident,
         "fits": peak + resident <= topology.hbm_bytes,
@@ -224,6 +284,7 @@ def plan_sampling_program(cfg, mesh, rules, topology, prompt_len: int, new_token
     if replicate is None:
         replicate = weight_bytes <= 0.4 * topology.hbm_bytes
     row_tokens = bucket(prompt_len, 16) + new_tokens
+    pool_tokens = lambda slots: int(kv_fraction * slots * row_tokens) + 2 * page_size * dp
     points = {}
     dp = parallel.data_parallel_size(mesh, rules)
     for layers in (1, 2):
@@ -233,28 +294,30 @@ def plan_sampling_program(cfg, mesh, rules, topology, prompt_len: int, new_token
         train_sh = parallel.param_shardings(qwen2.logical_axes(small), abstract, mesh, rules)
         train = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, train_sh)
         params = sampling_params(sampler, replicate, train)
-        for slots in (dp, 2 * dp):
-            kv = int(kv_fraction * slots * row_tokens)
+        for slots in (2 * dp, 4 * dp):  # (half a pool per slot: 2 slots per group hold one whole row)
+            kv = pool_tokens(slots)
             opts = SampleOptions(max_new_tokens=new_tokens, temperature=0.6, top_p=0.95, stop_token_ids=(1,),
                                  cache_dtype=cache_dtype, max_in_flight=slots, kv_cache_tokens=kv,
                                  page_size=page_size, steps_per_call=steps_per_call)
             lay = continuous.plan_layout(sampler, slots, kv, page_size, prompt_len, new_tokens)
-            dec, pre = compile_continuous(sampler, lay, params, opts, prompt_len)
+            with parallel.activation_sharding(mesh, rules):
+                dec, pre = compile_continuous(sampler, lay, params, opts, prompt_len, cpu_raw=False)
             points[layers, slots] = (dec["peak_bytes_per_device"], pre["peak_bytes_per_device"])
 
     def predict(which, layers, slots):  # bilinear in (layers, slots) through the 4 compiles
         f = lambda l, s: points[l, s][which]
-        per_slot = lambda l: (f(l, 2 * dp) - f(l, dp)) / dp
-        at = lambda l, s: f(l, dp) + per_slot(l) * (s - dp)
+        per_slot = lambda l: (f(l, 4 * dp) - f(l, 2 * dp)) / (2 * dp)
+        at = lambda l, s: f(l, 2 * dp) + per_slot(l) * (s - 2 * dp)
         return at(1, slots) + (at(2, slots) - at(1, slots)) * (layers - 1)
 
     peak = lambda s: max(predict(0, cfg.num_layers, s), predict(1, cfg.num_layers, s))
-    rows = 0
-    while peak(rows + dp) <= topology.hbm_bytes and rows < 1 << 16:
-        rows += dp
-    return {"rows_per_call": rows, "peak_bytes_per_device": int(peak(rows)) if rows else int(peak(dp)),
+    rows = 0  # multiples of 2 x dp (a group's pool holds at least one whole row)
+    while peak(rows + 2 * dp) <= topology.hbm_bytes and rows < 1 << 16:
+        rows += 2 * dp
+    return {"rows_per_call": rows, "peak_bytes_per_device": int(peak(rows or 2 * dp)),
+            "next_peak_bytes_per_device": int(peak(rows + 2 * dp)),
             "fits": rows > 0, "weights": "replicated" if replicate else "fsdp-sharded",
-            "kv_cache_tokens": int(kv_fraction * rows * row_tokens), "prompt_len": prompt_len,
+            "kv_cache_tokens": pool_tokens(rows) if rows else 0, "prompt_len": prompt_len,
             "new_tokens": new_tokens, "mesh": dict(mesh.shape)}
 
 
