@@ -191,25 +191,30 @@ class Sampler:
 
     def prepare(self, params, replicate: bool = True):
         """Parameters in the sampling layout, converted on device (call once per RL step):
-        the model's compute dtype, and with `replicate` every FSDP/data-sharded dimension
-        replicated (tensor-parallel dimensions stay split over `tensor`), so decoding never
-        gathers weights. replicate=False keeps the given sharding (a model too large to hold
-        once per data-parallel group) and only casts."""
+        the model's compute dtype, the layers unstacked into one dict per layer (a program
+        that slices a stacked tree holds a second copy of every layer), and with `replicate`
+        every FSDP/data-sharded dimension replicated (tensor-parallel dimensions stay split
+        over `tensor`), so decoding never gathers weights. replicate=False keeps the given
+        sharding (a model too large to hold once per data-parallel group)."""
         if replicate not in self._prepare:
             dtype = jnp.dtype(self.cfg.dtype)
-            cast = lambda p: jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, p)
+            cast = lambda p: qwen2.unstack_layers(jax.tree.map(
+                lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, p))
             self._prepare[replicate] = jax.jit(cast, out_shardings=self.sampling_shardings() if replicate else None)
         return self._prepare[replicate](params)
 
     def sampling_shardings(self):
-        """NamedShardings of `prepare(params)`: the rules with the data axes removed from
-        every parameter dimension (the batch still splits over them)."""
+        """NamedShardings of `prepare(params)` (layers unstacked): the rules with the data
+        axes removed from every parameter dimension (the batch still splits over them)."""
         rules = dict(parallel.DEFAULT_RULES if self.rules is None else self.rules)
         batch = rules.get("batch")
         data_axes = set((batch,) if isinstance(batch, str) else tuple(batch or ()))
         keep = lambda t: tuple(a for a in ((t,) if isinstance(t, str) else tuple(t or ())) if a not in data_axes)
         rules = {k: (v if k == "batch" else (keep(v) or None)) for k, v in rules.items()}
-        return parallel.param_shardings(qwen2.logical_axes(self.cfg), qwen2.abstract_params(self.cfg), self.mesh, rules)
+        stacked = parallel.param_shardings(qwen2.logical_axes(self.cfg), qwen2.abstract_params(self.cfg), self.mesh,
+                                           rules)
+        layer = jax.tree.map(lambda s: NamedSharding(self.mesh, P(*s.spec[1:])), stacked["layers"])
+        return {**stacked, "layers": tuple(layer for _ in range(self.cfg.num_layers))}
 
     def _sample_static(self, params, prompts, rng, opts, row0: int = 0) -> SampleOutput:
         tokens, mask = self.pad_prompts(prompts, opts.n)

@@ -115,7 +115,8 @@ def test_sharded_with_prepared_weights_matches_single_device(setup):
     sharded = Sampler(cfg, mesh)
     train_params = jax.device_put(params, shardings)
     prepared = sharded.prepare(train_params)
-    up = prepared["layers"]["mlp"]["up_proj"]
+    assert len(prepared["layers"]) == cfg.num_layers  # unstacked: the programs slice nothing
+    up = prepared["layers"][0]["mlp"]["up_proj"]
     assert "fsdp" not in str(up.sharding.spec) and "tensor" in str(up.sharding.spec)  # replicated over fsdp
     assert "fsdp" in str(train_params["layers"]["mlp"]["up_proj"].sharding.spec)
     _same(sharded.sample(prepared, prompts, jax.random.key(4), opts), single)

@@ -306,7 +306,11 @@ def forward(cfg: Qwen2Config, params: Params, tokens, positions, kv_mask, cache=
 def unstack_layers(params: Params) -> Params:
     """`params` with the stacked layers split into a tuple of per-layer dicts. A decode loop
     takes these slices once, outside the loop: slicing the stack inside it copies every
-    layer's weights on every step."""
+    layer's weights on every step. (Slicing inside a program still copies each layer out of
+    the stack once; parameters already unstacked, as Sampler.prepare returns them, are
+    returned as they are.)"""
+    if isinstance(params["layers"], (tuple, list)):
+        return params
     n = jax.tree.leaves(params["layers"])[0].shape[0]
     return {**params, "layers": tuple(jax.tree.map(lambda a: a[i], params["layers"]) for i in range(n))}
 

@@ -52,17 +52,24 @@ def _cost(compiled) -> tuple[float, float]:
 
 
 def sampling_params(sampler, replicate: bool, training_params=None):
-    """Abstract parameters as the sampler decodes from: prepare()'s layout (replicate) or
-    the training layout cast to the compute dtype."""
+    """Abstract parameters as the sampler decodes from them: Sampler.prepare's output
+    (compute dtype, layers unstacked; replicated over the data axes, or with `replicate`
+    False the training shardings of `training_params`)."""
     import jax
 
     from dsrl_jax.models import qwen2
 
     dtype = sampler.cfg.dtype
-    abstract = qwen2.abstract_params(sampler.cfg)
+    abstract = jax.eval_shape(qwen2.unstack_layers, qwen2.abstract_params(sampler.cfg))
     if replicate:
-        return jax.tree.map(lambda a, s: _sds(a.shape, dtype, s), abstract, sampler.sampling_shardings())
-    return jax.tree.map(lambda a: _sds(a.shape, dtype, a.sharding), training_params)
+        shardings = sampler.sampling_shardings()
+    else:
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        sh = jax.tree.map(lambda a: a.sharding, training_params)
+        layer = jax.tree.map(lambda s: NamedSharding(s.mesh, P(*s.spec[1:])), sh["layers"])
+        shardings = {**sh, "layers": tuple(layer for _ in range(sampler.cfg.num_layers))}
+    return jax.tree.map(lambda a, s: _sds(a.shape, dtype, s), abstract, shardings)
 
 
 def compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill: bool = True, cpu_raw: bool = True):
