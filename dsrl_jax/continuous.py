@@ -40,9 +40,6 @@ from dsrl_jax import parallel, token_choice
 from dsrl_jax.models import qwen2
 
 
-PREFILL_ROWS = 8  # rows admitted per group per round: bounds the prefill's activations
-
-
 class Layout:
     """Shapes of one continuous-batching configuration: G groups x S slots, N pages of P
     tokens per group (page 0 is a scratch page), M pages per row at most."""
@@ -273,7 +270,7 @@ class Run:
         admits = [[] for _ in range(lay.G)]
         budget = [len(f) for f in self.free]
         for row in want:
-            free_slots = [f if len(admits[j]) < PREFILL_ROWS else [] for j, f in enumerate(free_slots)]
+            free_slots = [f if len(admits[j]) < self.opts.prefill_rows else [] for j, f in enumerate(free_slots)]
             g = max(range(lay.G), key=lambda j: (len(free_slots[j]) > 0 and budget[j] >= need, len(free_slots[j])))
             if not free_slots[g] or budget[g] < need:
                 break

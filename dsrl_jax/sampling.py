@@ -64,6 +64,7 @@ class SampleOptions:
     kv_cache_tokens: int | None = None  # KV pool size in tokens (None: every slot's whole row)
     page_size: int = 64  # tokens per KV page
     steps_per_call: int = 32  # decode steps between host rounds (refills, finished rows)
+    prefill_rows: int = 8  # rows admitted per data-parallel shard per round (bounds the prefill)
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.n < 1:
@@ -74,8 +75,8 @@ class SampleOptions:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_in_flight is not None and self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1 (or None), got {self.max_in_flight}")
-        if self.page_size < 1 or self.steps_per_call < 1:
-            raise ValueError("page_size and steps_per_call must be >= 1")
+        if self.page_size < 1 or self.steps_per_call < 1 or self.prefill_rows < 1:
+            raise ValueError("page_size, steps_per_call and prefill_rows must be >= 1")
 
 
 @dataclasses.dataclass

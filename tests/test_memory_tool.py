@@ -15,7 +15,7 @@ def test_memory_tool_prints_the_json_summary():
     proc = subprocess.run(
         [sys.executable, "-m", "dsrl_jax.tools.memory", "--config=configs/stage1.py", "--topology=cpu-8",
          "--config.model.init=preset:tiny"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     summary = json.loads(lines[-1])

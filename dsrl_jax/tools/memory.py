@@ -392,6 +392,7 @@ def _define_flags():
     flags.DEFINE_list("programs", ["train_step", "sampler", "ref_logprobs", "rollout"], "Programs to compile.")
     flags.DEFINE_integer("rows_in_flight_per_chip", 24, "Continuous-batching slots per chip (rollout plan).")
     flags.DEFINE_float("kv_fraction", 0.5, "KV pool size as a fraction of slots x (prompt + response) tokens.")
+    flags.DEFINE_integer("prefill_rows", 2, "Rows admitted per data-parallel shard per round (rollout plan).")
 
 
 def main(argv):
@@ -405,7 +406,8 @@ def main(argv):
     plan = run_plan(F.config, topo, micro_batch=F.micro_batch, seq_len=F.seq_len, num_micro=F.num_micro,
                     prompts_per_call=F.prompts_per_call, num_layers=F.num_layers, preset_name=F.preset,
                     logprob_rows=F.logprob_rows, exact_lengths=F.exact_lengths, programs=tuple(F.programs),
-                    rollout_options=dict(rows_per_chip=F.rows_in_flight_per_chip, kv_fraction=F.kv_fraction))
+                    rollout_options=dict(rows_per_chip=F.rows_in_flight_per_chip, kv_fraction=F.kv_fraction,
+                                         prefill_rows=F.prefill_rows))
     print(format_table(plan))
     print(json.dumps(summary_json(plan)))
 

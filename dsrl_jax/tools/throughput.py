@@ -9,8 +9,8 @@ Rollout plan of a training config on a topology (`plan_rollout`):
     x (prompt + response) tokens, weights in the sampling layout (Sampler.prepare: compute
     dtype, replicated over the data axes);
   - the compiled continuous-batching programs' memory (decode loop and the largest prefill
-    of a round, continuous.PREFILL_ROWS rows per group), and one decode step's FLOPs and bytes accessed (cost_analysis of the
-    compiled loop, whose body XLA counts once: one step), with the in-place pool writes
+    of a round, SampleOptions.prefill_rows rows per shard), and one decode step's FLOPs and
+    bytes accessed (cost_analysis of the compiled loop, whose body XLA counts once: one step), with the in-place pool writes
     counted at the bytes they write (`pool_write_overcount`; the raw figure is kept as
     decode_step_bytes_counted_by_xla);
   - modeled step time = max(bytes / HBM bandwidth, FLOPs / bf16 peak) (topology table);
@@ -149,7 +149,7 @@ def _compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill:
         _sds((g * s,), jnp.bool_, sh(1)), _sds(key.shape, key.dtype, rep), _sds((), jnp.int32, rep),
         _sds((), jnp.float32, rep), _sds((), jnp.float32, rep), steps=opts.steps_per_call, opts=_static(opts)).compile()
     length = -(-bucket(prompt_len, sampler.min_prompt_bucket) // layout.P) * layout.P
-    a = bucket(min(s, continuous.PREFILL_ROWS), 1)  # the largest prefill of a round
+    a = bucket(min(s, opts.prefill_rows), 1)  # the largest prefill of a round
     pre = None if not prefill else progs.prefill.lower(
         params, state, _sds((g * a, length), jnp.int32, sh(2)), _sds((g * a, length), jnp.bool_, sh(2)),
         _sds((g, a), jnp.int32, sh(2)), _sds((g, a, length // layout.P), jnp.int32, sh(3)),
@@ -199,7 +199,7 @@ def step_seconds(flops: float, bytes_accessed: float, topology) -> float:
 
 
 def plan_rollout(cfg, c, mesh, rules, state, stage, topology, *, rows_per_chip=24, kv_fraction=0.5,
-                 steps_per_call=32, page_size=64) -> dict:
+                 steps_per_call=32, page_size=64, prefill_rows=2) -> dict:
     """The "rollout" entry of the memory plan (see the module docstring)."""
     import dataclasses
 
@@ -215,7 +215,8 @@ def plan_rollout(cfg, c, mesh, rules, state, stage, topology, *, rows_per_chip=2
     kv_tokens = int(kv_fraction * slots * row_tokens)
     opts = SampleOptions(max_new_tokens=cap, temperature=max(r.temperature, 1e-3), top_p=r.top_p, top_k=r.top_k,
                          stop_token_ids=(1,), cache_dtype=r.cache_dtype, max_in_flight=slots,
-                         kv_cache_tokens=kv_tokens, page_size=page_size, steps_per_call=steps_per_call)
+                         kv_cache_tokens=kv_tokens, page_size=page_size, steps_per_call=steps_per_call,
+                         prefill_rows=prefill_rows)
     lay = continuous.plan_layout(sampler, slots, kv_tokens, page_size, plen, cap)
     dec, pre = compile_continuous(sampler, lay, sampling_params(sampler, True), opts, plen)
     # The static design: one call's rows, the training weights, half the cache read per step.
@@ -229,8 +230,7 @@ def plan_rollout(cfg, c, mesh, rules, state, stage, topology, *, rows_per_chip=2
     static_step_s = step_seconds(sdec["flops"], sdec["bytes_accessed"], topology)
     rows = r.batch_prompts * r.group_size
     steps = rows * MEAN * cap / (lay.G * lay.S) + cap
-    prefill_rows = lay.G * min(lay.S, continuous.PREFILL_ROWS)
-    rollout_s = steps * step_s + rows / prefill_rows * prefill_s
+    rollout_s = steps * step_s + rows / (lay.G * min(lay.S, prefill_rows)) * prefill_s
     calls = math.ceil(r.batch_prompts / (r.prompts_per_sample_call or r.batch_prompts))
     static_s = calls * cap * static_step_s
     peak = max(dec["peak_bytes_per_device"], pre["peak_bytes_per_device"])
@@ -238,6 +238,7 @@ def plan_rollout(cfg, c, mesh, rules, state, stage, topology, *, rows_per_chip=2
     return {
         "rows_in_flight_per_chip": rows_per_chip, "slots": lay.G * lay.S, "kv_cache_tokens": kv_tokens,
         "kv_fraction": kv_fraction, "page_size": page_size, "steps_per_call": steps_per_call,
+        "prefill_rows": prefill_rows,
         "decode_step_bytes": dec["bytes_accessed"], "decode_step_flops": dec["flops"],
         "decode_step_bytes_counted_by_xla": dec.get("cpu_bytes_accessed_raw", dec["bytes_accessed_raw"]),
         "cpu_decode_peak_bytes": dec.get("cpu_peak_bytes_per_device", dec["peak_bytes_per_device"]),
