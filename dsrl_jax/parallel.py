@@ -117,6 +117,25 @@ def activation_sharding(mesh: Mesh, rules: Mapping[str, Any] | None = None):
         _ACTIVATION_MESH.reset(token)
 
 
+def per_batch_shard(fn, args, specs, out_specs, *, heads: int | None = None):
+    """Runs fn on each data-parallel shard's block of `args` (jax.shard_map over the batch
+    axes of the mesh given to `activation_sharding`; outside it, fn(*args)). `specs` /
+    `out_specs`: per array, a tuple naming each dimension "batch", "heads" or None. "heads"
+    splits over `tensor` when `heads` (the smallest head count) divides by it. For ops that
+    XLA cannot partition by itself (gathers and scatters indexed per shard)."""
+    ctx = _ACTIVATION_MESH.get()
+    if ctx is None:
+        return fn(*args)
+    mesh, rules = ctx
+    batch = batch_sharding(mesh, 1, rules).spec[0]
+    tensor = mesh.shape.get("tensor", 1)
+    head_axis = "tensor" if tensor > 1 and heads and heads % tensor == 0 else None
+    to_spec = lambda names: P(*[batch if n == "batch" else head_axis if n == "heads" else None for n in names])
+    tree = lambda t: jax.tree.map(to_spec, t, is_leaf=lambda x: isinstance(x, tuple) and all(
+        n is None or isinstance(n, str) for n in x))
+    return jax.shard_map(fn, mesh=mesh, in_specs=tree(specs), out_specs=tree(out_specs), check_vma=False)(*args)
+
+
 def constrain_batch(x):
     """Pins x's leading (batch) dimension to the data-parallel axes of the mesh given to
     `activation_sharding`. Without it, FSDP-sharded parameters can pull activations onto the

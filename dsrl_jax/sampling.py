@@ -10,8 +10,20 @@ prompt is prefilled once and its cache is repeated for its n samples (when the p
 data-parallel size; else the prompts are repeated and each row prefilled, so a call only
 needs prompts x n rows to divide by it). Lengths past 4096 bucket to multiples of 1024.
 
-Returned log-probs are those of the raw policy (log-softmax of the unmodified logits at the
-sampled token), whatever temperature / top-p / top-k shaped the sampling: GRPO needs them.
+With `SampleOptions.max_in_flight` set, the call runs continuous batching instead
+(dsrl_jax.continuous): that many slots decode over a paged KV pool, a finished row's slot is
+refilled with the next waiting row, and `sample(..., on_finished=fn)` hands finished rows to
+`fn(rows, output)` while the others decode. Both paths return rows in input order, draw row
+r's token t from fold_in(fold_in(rng, r), t) (so samples do not depend on batching), and
+give the same greedy tokens.
+
+Returned log-probs are log_softmax(logits / temperature) at the sampled token (temperature 1
+when greedy): the distribution the row was drawn from before top-k / top-p truncation, as
+verl and TRL use for the update.
+
+`Sampler.prepare(params)` converts (training) parameters once per RL step, on device, into
+the layout decoding reads fastest: the compute dtype, replicated over the data axes and
+tensor-parallel over the `tensor` axis, so no step gathers FSDP shards.
 """
 
 from __future__ import annotations
@@ -29,6 +41,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dsrl_jax import parallel
 from dsrl_jax.models import qwen2
 from dsrl_jax.models.config import Qwen2Config
+from dsrl_jax.token_choice import (BLOCK, argmax, choose, nucleus_threshold, row_uniforms,  # noqa: F401
+                                   sample_weights, sampled_logprob, token_logprob)
 
 FINISH_STOP, FINISH_LENGTH = 0, 1
 FINISH_REASONS = ("stop", "length")
@@ -45,6 +59,12 @@ class SampleOptions:
     stop_token_ids: tuple[int, ...] = ()
     cache_dtype: str = "bfloat16"
     pad_token_id: int = 0
+    # Continuous batching (None: every row at once, the static path).
+    max_in_flight: int | None = None  # decoding slots
+    kv_cache_tokens: int | None = None  # KV pool size in tokens (None: every slot's whole row)
+    page_size: int = 64  # tokens per KV page
+    steps_per_call: int = 32  # decode steps between host rounds (refills, finished rows)
+    prefill_rows: int = 8  # rows admitted per data-parallel shard per round (bounds the prefill)
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.n < 1:
@@ -53,6 +73,10 @@ class SampleOptions:
             raise ValueError("temperature must be > 0 (use greedy=True for argmax decoding)")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1 (or None), got {self.max_in_flight}")
+        if self.page_size < 1 or self.steps_per_call < 1 or self.prefill_rows < 1:
+            raise ValueError("page_size, steps_per_call and prefill_rows must be >= 1")
 
 
 @dataclasses.dataclass
@@ -86,92 +110,6 @@ def bucket(n: int, minimum: int = 16, cap: int | None = None) -> int:
     return size
 
 
-# Per-step token choice. Everything here reads the [B, V] logits a few times and never
-# sorts or draws V random numbers: on CPU a full-vocabulary sort costs ~0.4 s per step and
-# V Gumbel draws ~30 ms, more than the model's forward. Rows are cut into blocks of BLOCK
-# entries, so each search is one pass over the vocabulary plus work on [B, V / BLOCK].
-BLOCK = 128
-
-
-def _blocks(x: jax.Array, fill) -> jax.Array:
-    """[B, N] -> [B, ceil(N / BLOCK), BLOCK], padded with `fill`."""
-    b, n = x.shape
-    nb = -(-n // BLOCK)
-    return jnp.pad(x, ((0, 0), (0, nb * BLOCK - n)), constant_values=fill).reshape(b, nb, BLOCK)
-
-
-def _row_block(x: jax.Array, j: jax.Array) -> jax.Array:
-    """x [B, nb, BLOCK], j [B] -> block j of each row [B, BLOCK]."""
-    return jnp.take_along_axis(x, j[:, None, None], axis=1)[:, 0]
-
-
-def argmax(logits: jax.Array) -> jax.Array:
-    """First index of the row maximum (jnp.argmax semantics), via block maxima."""
-    x = _blocks(logits, -jnp.inf)
-    j = jnp.argmax(x.max(-1), axis=-1)
-    return (j * BLOCK + jnp.argmax(_row_block(x, j), axis=-1)).astype(jnp.int32)
-
-
-def nucleus_threshold(probs: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Per row, the smallest probability in the top-p nucleus: the tokens kept are those
-    whose strictly more probable tokens hold less than top_p of the mass, i.e. probs >= the
-    returned value. Found by bisection on the float bit patterns (monotone for p >= 0):
-    32 masked sums, exact, no sort."""
-    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
-
-    def step(_, bounds):  # invariant: mass(bits > lo) >= top_p > mass(bits > hi)
-        lo, hi = bounds
-        mid = lo + (hi - lo) // 2
-        small = jnp.where(bits > mid[:, None], probs, 0.0).sum(-1) < top_p
-        return jnp.where(small, lo, mid), jnp.where(small, mid, hi)
-
-    lo = jnp.full(probs.shape[:1], -1, jnp.int32)
-    _, hi = jax.lax.fori_loop(0, 32, step, (lo, bits.max(-1)))
-    return jax.lax.bitcast_convert_type(hi, jnp.float32)
-
-
-def sample_weights(weights: jax.Array, u: jax.Array) -> jax.Array:
-    """Inverse-CDF draw from unnormalised weights >= 0 [B, N] with uniforms u [B] in
-    [0, 1): the block holding u * total, then the token inside it. Never returns a
-    zero-weight token (rounding at a block's end falls back to its last positive one)."""
-    x = _blocks(weights, 0.0)
-    mass = x.sum(-1)  # [B, nb]
-    cdf = jnp.cumsum(mass, axis=-1)
-    target = u * cdf[:, -1]
-    j = jnp.minimum((cdf <= target[:, None]).sum(-1), mass.shape[1] - 1)
-    pick = lambda a: jnp.take_along_axis(a, j[:, None], axis=1)[:, 0]
-    rest = target - (pick(cdf) - pick(mass))
-    row = _row_block(x, j)
-    k = (jnp.cumsum(row, axis=-1) <= rest[:, None]).sum(-1)
-    last_positive = BLOCK - 1 - jnp.argmax((row > 0)[:, ::-1], axis=-1)
-    return (j * BLOCK + jnp.minimum(k, last_positive)).astype(jnp.int32)
-
-
-def choose(logits, rng, temperature, top_p, *, greedy: bool, top_k: int, use_top_p: bool):
-    """Next tokens [B] from fp32 logits [B, V]: argmax, or a draw from softmax(logits / T)
-    restricted to the top-k and then to the top-p nucleus."""
-    if greedy:
-        return argmax(logits)
-    z = logits / temperature
-    ids = None
-    if top_k and top_k < z.shape[-1]:
-        z, ids = jax.lax.top_k(z, top_k)
-    probs = jax.nn.softmax(z, axis=-1)
-    if use_top_p:
-        probs = jnp.where(probs >= nucleus_threshold(probs, top_p)[:, None], probs, 0.0)
-    choice = sample_weights(probs, jax.random.uniform(rng, probs.shape[:1]))
-    if ids is None:
-        return choice
-    return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
-
-
-def token_logprob(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """log_softmax(logits)[tokens] without materialising the [B, V] log-softmax."""
-    top = logits.max(-1)
-    lse = top + jnp.log(jnp.exp(logits - top[:, None]).sum(-1))
-    return jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - lse
-
-
 class Sampler:
     """Holds the jitted programs for one model config and mesh."""
 
@@ -184,6 +122,8 @@ class Sampler:
         self.min_prompt_bucket = min_prompt_bucket
         self.min_batch_bucket = min_batch_bucket
         self._generate = jax.jit(self._generate_impl, static_argnames=("max_new_bucket", "opts"))
+        self._continuous = {}  # continuous.Layout shape -> continuous.Programs
+        self._prepare = {}
 
     # -- host side -------------------------------------------------------------------------
     def batch_bucket(self, num_prompts: int, n: int = 1) -> int:
@@ -216,14 +156,75 @@ class Sampler:
         return tokens, mask
 
     def sample(self, params, prompts: Sequence[Sequence[int]], rng: jax.Array,
-               opts: SampleOptions) -> SampleOutput:
+               opts: SampleOptions, on_finished=None, first_row: int = 0) -> SampleOutput:
+        """Samples opts.n completions per prompt; rows in input order (prompt_index * n + j).
+        `on_finished(rows, output)` receives rows as they finish (the static path: all at
+        the end) and may return more prompts to queue. Row r draws its tokens from
+        fold_in(fold_in(rng, first_row + r), t): one queue split over several calls with
+        consecutive first_row values samples as one call would."""
+        if opts.max_in_flight is not None:
+            return self._sample_continuous(params, prompts, rng, opts, on_finished, first_row)
+        out = self._sample_static(params, prompts, rng, opts, row0=first_row)
+        while on_finished is not None:
+            done = len(out.lengths)
+            prompts = on_finished(list(range(done - len(prompts) * opts.n, done)), _rows(out, done - len(prompts) * opts.n))
+            if not prompts:
+                break
+            extra = self._sample_static(params, prompts, rng, opts, row0=first_row + done)
+            out = SampleOutput(*(np.concatenate([a, b]) for a, b in zip(
+                (out.tokens, out.logprobs, out.lengths, out.finish_reason),
+                (extra.tokens, extra.logprobs, extra.lengths, extra.finish_reason))))
+        return out
+
+    def _sample_continuous(self, params, prompts, rng, opts, on_finished, first_row=0):
+        from dsrl_jax import continuous
+
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        lay = continuous.plan_layout(self, opts.max_in_flight, opts.kv_cache_tokens, opts.page_size,
+                                     max(map(len, prompts)), opts.max_new_tokens)
+        key = (lay.G, lay.S, lay.N, lay.P, lay.M)
+        if key not in self._continuous:
+            self._continuous[key] = continuous.Programs(self, lay)
+        with parallel.activation_sharding(self.mesh, self.rules):
+            return continuous.Run(self._continuous[key], params, prompts, rng, opts, on_finished,
+                                  first_row).run()
+
+    def prepare(self, params, replicate: bool = True):
+        """Parameters in the sampling layout, converted on device (call once per RL step):
+        the model's compute dtype, the layers unstacked into one dict per layer (a program
+        that slices a stacked tree holds a second copy of every layer), and with `replicate`
+        every FSDP/data-sharded dimension replicated (tensor-parallel dimensions stay split
+        over `tensor`), so decoding never gathers weights. replicate=False keeps the given
+        sharding (a model too large to hold once per data-parallel group)."""
+        if replicate not in self._prepare:
+            dtype = jnp.dtype(self.cfg.dtype)
+            cast = lambda p: qwen2.unstack_layers(jax.tree.map(
+                lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, p))
+            self._prepare[replicate] = jax.jit(cast, out_shardings=self.sampling_shardings() if replicate else None)
+        return self._prepare[replicate](params)
+
+    def sampling_shardings(self):
+        """NamedShardings of `prepare(params)` (layers unstacked): the rules with the data
+        axes removed from every parameter dimension (the batch still splits over them)."""
+        rules = dict(parallel.DEFAULT_RULES if self.rules is None else self.rules)
+        batch = rules.get("batch")
+        data_axes = set((batch,) if isinstance(batch, str) else tuple(batch or ()))
+        keep = lambda t: tuple(a for a in ((t,) if isinstance(t, str) else tuple(t or ())) if a not in data_axes)
+        rules = {k: (v if k == "batch" else (keep(v) or None)) for k, v in rules.items()}
+        stacked = parallel.param_shardings(qwen2.logical_axes(self.cfg), qwen2.abstract_params(self.cfg), self.mesh,
+                                           rules)
+        layer = jax.tree.map(lambda s: NamedSharding(self.mesh, P(*s.spec[1:])), stacked["layers"])
+        return {**stacked, "layers": tuple(layer for _ in range(self.cfg.num_layers))}
+
+    def _sample_static(self, params, prompts, rng, opts, row0: int = 0) -> SampleOutput:
         tokens, mask = self.pad_prompts(prompts, opts.n)
         sharding = self.input_sharding(tokens.shape[0])
         with parallel.activation_sharding(self.mesh, self.rules):  # read while tracing
             out = self._generate(
                 params, parallel.to_global(tokens, sharding), parallel.to_global(mask, sharding), rng,
                 jnp.int32(opts.max_new_tokens), jnp.float32(opts.temperature), jnp.float32(opts.top_p),
-                max_new_bucket=self.new_tokens_bucket(opts.max_new_tokens), opts=_static(opts),
+                jnp.int32(row0), max_new_bucket=self.new_tokens_bucket(opts.max_new_tokens), opts=_static(opts),
             )
         rows = len(prompts) * opts.n
         toks, lps, lens, fin = (parallel.to_host(x)[:rows] for x in out)
@@ -231,7 +232,8 @@ class Sampler:
 
     def compiled_programs(self) -> int:
         """How many programs the sampler has compiled (one per bucket and static option set)."""
-        return self._generate._cache_size()
+        return self._generate._cache_size() + sum(
+            p.prefill._cache_size() + p.decode._cache_size() for p in self._continuous.values())
 
     # -- device side -----------------------------------------------------------------------
     def _cache_sharding(self):
@@ -243,7 +245,7 @@ class Sampler:
             spec[1] = "tensor"
         return NamedSharding(self.mesh, P(*spec))
 
-    def _generate_impl(self, params, tokens, mask, rng, max_new, temperature, top_p, *, max_new_bucket, opts):
+    def _generate_impl(self, params, tokens, mask, rng, max_new, temperature, top_p, row0, *, max_new_bucket, opts):
         cfg = self.cfg
         n, greedy, top_k, use_top_p, stops, cache_dtype, pad_id = opts
         b, plen = tokens.shape
@@ -272,22 +274,18 @@ class Sampler:
             cache = constrain(jax.tree.map(rep, cache))
             last, kv_mask, next_pos = rep(last), rep(kv_mask), rep(next_pos)
         stop_ids = jnp.asarray(stops if stops else (-1,), jnp.int32)
-        params = qwen2.unstack_layers(params)  # sliced once, not per decode step
-        # The LM head is gathered once for all segments: left sharded, XLA gathers it
-        # outside each segment's loop and holds one full copy per segment.
-        head_name = "embed" if cfg.tie_word_embeddings else "lm_head"
-        params[head_name] = jax.lax.with_sharding_constraint(params[head_name], parallel.replicated(self.mesh))
+        params = loop_params(cfg, params, self.mesh)
         pick = functools.partial(choose, greedy=greedy, top_k=top_k, use_top_p=use_top_p)
+        row_ids = row0 + jnp.arange(rows, dtype=jnp.int32)  # output row numbers (per-row draws)
 
         def step(state, cache, i):
             """Choose token i of every row from `last`, then run it through the model."""
-            out_tok, out_lp, done, lengths, last, rng = state
+            out_tok, out_lp, done, lengths, last = state
             # Tied to the step counter, the weights look loop-variant to XLA, so it cannot
             # hoist their all-gathers (under FSDP: the whole model) out of the decode loops.
             weights, i = jax.lax.optimization_barrier((params, i))
-            rng, key = jax.random.split(rng)
-            tok = pick(last, key, temperature, top_p)
-            lp = token_logprob(last, tok)
+            tok = pick(last, row_uniforms(rng, row_ids, jnp.full((rows,), i)), temperature, top_p)
+            lp = sampled_logprob(last, tok, temperature, greedy=greedy)
             tok = jnp.where(done, pad_id, tok)
             out_tok = out_tok.at[:, i].set(tok)
             out_lp = out_lp.at[:, i].set(jnp.where(done, 0.0, lp))
@@ -296,7 +294,7 @@ class Sampler:
             span = qwen2.cache_length(cache)
             logits, cache = qwen2.forward(
                 cfg, weights, tok[:, None], (next_pos + i)[:, None], kv_mask[:, :span], cache, plen + i)
-            return (out_tok, out_lp, done, lengths, logits[:, -1].astype(jnp.float32), rng), cache
+            return (out_tok, out_lp, done, lengths, logits[:, -1].astype(jnp.float32)), cache
 
         # The decode loop runs in segments; each adds a chunk to the cache for its tokens, so
         # attention reads only the slots written so far (about half of the cache on average)
@@ -307,7 +305,7 @@ class Sampler:
             jnp.zeros((rows, max_new_bucket), jnp.float32),
             jnp.zeros((rows,), bool),
             jnp.zeros((rows,), jnp.int32),
-            last, rng,
+            last,
         )
         i = jnp.int32(0)
         for start, size in segments(max_new_bucket):
@@ -328,6 +326,20 @@ class Sampler:
         out_tok, out_lp, done, lengths, *_ = state
         finish = jnp.where(done, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32)
         return out_tok, out_lp, lengths, finish
+
+
+def _rows(out: SampleOutput, first: int) -> SampleOutput:
+    return SampleOutput(out.tokens[first:], out.logprobs[first:], out.lengths[first:], out.finish_reason[first:])
+
+
+def loop_params(cfg: Qwen2Config, params, mesh):
+    """Parameters as a decode loop takes them: layers sliced out of the stack once (slicing
+    inside the loop copies every layer's weights each step), and the LM head gathered once
+    (left sharded, XLA gathers it outside each loop and holds one full copy per loop)."""
+    params = qwen2.unstack_layers(params)
+    head_name = "embed" if cfg.tie_word_embeddings else "lm_head"
+    params[head_name] = jax.lax.with_sharding_constraint(params[head_name], parallel.replicated(mesh))
+    return params
 
 
 def _split_last(cache):

@@ -15,7 +15,7 @@ def test_memory_tool_prints_the_json_summary():
     proc = subprocess.run(
         [sys.executable, "-m", "dsrl_jax.tools.memory", "--config=configs/stage1.py", "--topology=cpu-8",
          "--config.model.init=preset:tiny"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
@@ -27,6 +27,14 @@ def test_memory_tool_prints_the_json_summary():
             assert key in p, (name, key)
         assert 0 < p["peak_bytes_per_device"] <= p["total_bytes_per_device"]
         assert p["fits"] is True  # a tiny model fits in 16 GiB
+    r = summary["rollout"]  # continuous batching: 24 rows in flight per chip by default
+    for key in ("rows_in_flight_per_chip", "decode_step_bytes", "decode_step_flops", "modeled_step_s",
+                "modeled_rollout_s_per_grpo_step", "static_modeled_rollout_s_per_grpo_step"):
+        assert r[key] > 0, key
+    assert r["rows_in_flight_per_chip"] == 24 and r["slots"] == 24 * 8 and r["fits"] is True
+    assert r["decode_step_bytes"] < r["decode_step_bytes_counted_by_xla"]  # in-place pool writes
+    # Rows decode until they stop, not until the longest row of a call reaches the cap.
+    assert r["modeled_rollout_s_per_grpo_step"] < r["static_modeled_rollout_s_per_grpo_step"]
     table = "\n".join(lines[:-1])
     # micro_batch_size -1: one sequence per device (8); lengths bucketed to the stage's
     # limits, not rounded up to powers of two; 4 prompts x 16 samples per sampler call.

@@ -175,21 +175,29 @@ def test_sample_weights_follows_the_weights():
     assert int(sampling.sample_weights(jnp.asarray(tail), jnp.asarray([np.nextafter(1.0, 0, dtype=np.float32)]))[0]) == 9
 
 
-def test_logprobs_equal_full_forward(peaky):
+def _full_forward_logprobs(cfg, params, prompt, completion, temperature):
+    """log_softmax(logits / T) at each completion token, from one forward of the whole sequence."""
+    seq = prompt + completion
+    logits, _ = qwen2.forward(cfg, params, jnp.asarray([seq]), jnp.arange(len(seq))[None],
+                              jnp.ones((1, len(seq)), bool))
+    logp = jax.nn.log_softmax(np.asarray(logits[0], np.float32) / temperature, axis=-1)
+    return np.asarray([logp[len(prompt) - 1 + t, seq[len(prompt) + t]] for t in range(len(completion))])
+
+
+@pytest.mark.parametrize("max_in_flight", [None, 4])
+def test_logprobs_are_tempered_full_forward(peaky, max_in_flight):
+    """log_softmax(logits / T) at the sampled token, before top-p truncation (T = 1 greedy)."""
     _, cfg, params = peaky
     prompts = _prompts(cfg.vocab_size, (7, 3))
     n, new = 3, 20
     sampler = Sampler(cfg)
-    out = sampler.sample(params, prompts, jax.random.key(3),
-                         SampleOptions(max_new_tokens=new, temperature=0.8, top_p=0.9, n=n, cache_dtype="float32"))
-    for row in range(len(prompts) * n):
-        prompt = prompts[row // n]
-        seq = prompt + out.completion(row)
-        logits, _ = qwen2.forward(cfg, params, jnp.asarray([seq]), jnp.arange(len(seq))[None],
-                                  jnp.ones((1, len(seq)), bool))
-        logp = jax.nn.log_softmax(np.asarray(logits[0], np.float32), axis=-1)
-        ref = np.asarray([logp[len(prompt) - 1 + t, seq[len(prompt) + t]] for t in range(out.lengths[row])])
-        np.testing.assert_allclose(out.logprobs[row, : out.lengths[row]], ref, atol=2e-4)
+    for temperature, greedy in ((0.6, False), (1.0, True)):
+        out = sampler.sample(params, prompts, jax.random.key(3), SampleOptions(
+            max_new_tokens=new, temperature=temperature, greedy=greedy, top_p=0.9, n=n, cache_dtype="float32",
+            max_in_flight=max_in_flight, page_size=8, steps_per_call=5))
+        for row in range(len(prompts) * n):
+            ref = _full_forward_logprobs(cfg, params, prompts[row // n], out.completion(row), temperature)
+            np.testing.assert_allclose(out.logprobs[row, : out.lengths[row]], ref, atol=2e-4)
 
 
 def test_sharded_sampler_matches_single_device(peaky):

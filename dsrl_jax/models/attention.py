@@ -1,5 +1,6 @@
 """Grouped-query causal attention: a plain path, a blockwise (flash-style) path, and a
-single-query path for decoding from a KV cache (`decode`, its own cache layout).
+single-query path for decoding from a KV cache (`decode`, its own cache layout), and a
+single-query path over a paged KV pool shared by decoding slots (`pool_step`).
 
 Both take q [B, T, H, D], k/v [B, S, Hkv, D], a key-validity mask [B, S] and the slot of
 the first query (`cache_index`), and return [B, T, H, D]. Query t (slot cache_index + t)
@@ -12,8 +13,12 @@ query block in the backward pass, so memory grows linearly with sequence length.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+
+from dsrl_jax import parallel
 
 _NEG = -1e30  # finite "minus infinity": fully masked rows stay NaN-free
 
@@ -57,6 +62,70 @@ def decode(q, k_chunks, v_chunks, kv_mask, cache_index):
         out = out + jnp.einsum("bhgs,bhsd->bhgd", probs[..., start:start + v.shape[2]], v)
         start += v.shape[2]
     return out.reshape(b, 1, h, d)
+
+
+class PoolKV(NamedTuple):
+    """One layer's view of a paged KV pool (continuous batching). The slots and the pool are
+    split into G groups (the data-parallel shards): slot s of group g owns pages of group g
+    only. Row positions are slot-relative: token index t of a slot's row lives in page
+    table[g, s, t // P] at offset t % P."""
+
+    k: jax.Array  # [G, N, Hkv, D, P] keys, slot-minor as in `decode`
+    v: jax.Array  # [G, N, Hkv, P, D]
+    table: jax.Array  # int32 [G, S, M]: page of each slot's m-th page (0: a scratch page)
+    owner: jax.Array  # int32 [G, N]: slot owning each page; S (out of range) when free
+    base: jax.Array  # int32 [G, N]: token index of the page's first entry in its row
+    start: jax.Array  # int32 [G, S]: first visible token index of each slot (left padding)
+
+
+def pool_step(q, k, v, pool: PoolKV, pos):
+    """Writes one new token per slot into the pool and attends over it. q [G*S, 1, H, D],
+    k/v [G*S, 1, Hkv, D], pos int32 [G*S]: the token index being written. Returns
+    ([G*S, 1, H, D], (new k pool, new v pool)).
+
+    Every page is scored against its owner slot's query and softmax-normalised per owner
+    (segment max / sum), so a step reads the pool once, whatever the rows' lengths: the pool
+    is sized by the tokens that are live, and no [slots, longest row] block is gathered.
+    Under a mesh, each data-parallel shard runs it on its own groups (parallel.per_batch_shard)."""
+    row = ("batch", None, "heads", None)
+    grp = ("batch",)
+    pool_spec = PoolKV(("batch", None, "heads", None, None), ("batch", None, "heads", None, None), grp, grp, grp, grp)
+    pool_spec = tuple(pool_spec)
+    out_spec = (row, (pool_spec[0], pool_spec[1]))
+    fn = lambda q, k, v, pl, pos: _pool_step(q, k, v, PoolKV(*pl), pos)
+    return parallel.per_batch_shard(fn, (q, k, v, tuple(pool), pos), (row, row, row, pool_spec, grp), out_spec,
+                                    heads=pool.k.shape[2])
+
+
+def _pool_step(q, k, v, pool: PoolKV, pos):
+    g_, n, hkv, d, p = pool.k.shape
+    s = pool.table.shape[1]
+    h = q.shape[2]
+    pos = pos.reshape(g_, s)
+    page = jnp.take_along_axis(pool.table, (pos // p)[..., None], axis=-1)[..., 0]  # [G, S]
+    off = pos % p
+    kn = k[:, 0].reshape(g_, s, hkv, d).astype(pool.k.dtype)
+    vn = v[:, 0].reshape(g_, s, hkv, d).astype(pool.v.dtype)
+    kp = jax.vmap(lambda a, pg, o, x: a.at[pg, :, :, o].set(x))(pool.k, page, off, kn)
+    vp = jax.vmap(lambda a, pg, o, x: a.at[pg, :, o, :].set(x))(pool.v, page, off, vn)
+    qg = q[:, 0].reshape(g_, s, hkv, h // hkv, d)
+
+    def group(qg, kp, vp, owner, base, start, pos):
+        own = jnp.minimum(owner, s - 1)
+        t = base[:, None] + jnp.arange(p)  # [N, P] token index of each entry
+        visible = (owner < s)[:, None] & (t >= start[own][:, None]) & (t <= pos[own][:, None])
+        sc = jnp.einsum("nhgd,nhdp->nhgp", qg[own], kp.astype(qg.dtype), preferred_element_type=jnp.float32)
+        sc = jnp.where(visible[:, None, None], sc * d**-0.5, _NEG)
+        m = jax.ops.segment_max(sc.max(-1), owner, s)  # [S, Hkv, g]; free pages dropped
+        e = jnp.where(visible[:, None, None], jnp.exp(sc - m[own][..., None]), 0.0)
+        l = jax.ops.segment_sum(e.sum(-1), owner, s)
+        pv = jnp.einsum("nhgp,nhpd->nhgd", e.astype(qg.dtype), vp.astype(qg.dtype),
+                        preferred_element_type=jnp.float32)
+        acc = jax.ops.segment_sum(pv, owner, s)  # [S, Hkv, g, D]
+        return acc / jnp.maximum(l, 1e-30)[..., None]
+
+    out = jax.vmap(group)(qg, kp, vp, pool.owner, pool.base, pool.start, pos)
+    return out.reshape(g_ * s, 1, h, d).astype(q.dtype), (kp, vp)
 
 
 def blockwise(q, k, v, kv_mask, cache_index=0, block_size=512, skip=True):

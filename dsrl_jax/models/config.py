@@ -146,6 +146,7 @@ def _qwen(hidden, inter, layers, heads, kv, vocab, tied, theta, max_pos, bos=151
 PRESETS: dict[str, dict[str, Any]] = {
     "deepseek-r1-distill-qwen-1.5b": _qwen(1536, 8960, 28, 12, 2, 151936, False, 10000.0, 131072),
     "deepseek-r1-distill-qwen-7b": _qwen(3584, 18944, 28, 28, 4, 152064, False, 10000.0, 131072),
+    "deepseek-r1-distill-qwen-32b": _qwen(5120, 27648, 64, 40, 8, 152064, False, 1e6, 131072),
     "qwen2.5-0.5b": _qwen(896, 4864, 24, 14, 2, 151936, True, 1e6, 32768),
     "qwen2.5-1.5b": _qwen(1536, 8960, 28, 12, 2, 151936, True, 1e6, 32768),
     "qwen2.5-7b": _qwen(3584, 18944, 28, 28, 4, 152064, False, 1e6, 131072),

@@ -36,6 +36,7 @@ flax.config.update("flax_always_shard_variable", False)
 
 Params = dict[str, Any]
 Cache = dict[str, tuple]  # {"k": per layer, chunks [B, Hkv, D, S_c]; "v": ... [B, Hkv, S_c, D]}
+# (or a paged pool, see init_pool)
 
 
 def _param(rngs: nnx.Rngs, shape, axes, dtype, scale: float | None = None) -> nnx.Param:
@@ -99,6 +100,9 @@ class Attention(nnx.Module):
         if cache_kv is None:
             out = attention.attend(q, k, v, kv_mask, 0, impl=cfg.attention_impl, block_size=cfg.attention_block_size)
             return jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(dt)), None
+        if isinstance(cache_kv, attention.PoolKV):  # a paged pool; cache_index: per-row positions
+            out, kv = attention.pool_step(q, k, v, cache_kv, cache_index)
+            return jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(dt)), kv
         # Write this step's keys/values at their slots (keys slot-minor, see init_cache),
         # which lie in the last chunk of the cache.
         ck, cv = cache_kv
@@ -202,6 +206,14 @@ class Qwen2ForCausalLM(nnx.Module):
                     x, _ = body(x, layer(i))
             return self.final_norm(x), None
 
+        if "owner" in cache:  # a paged pool shared by decoding slots (see init_pool)
+            ks, vs = list(cache["k"]), list(cache["v"])
+            view = lambda i: attention.PoolKV(ks[i], vs[i], cache["table"], cache["owner"], cache["base"],
+                                              cache["start"])
+            for i in range(cfg.num_layers):
+                x, (ks[i], vs[i]) = layer_fn(x, layer(i), view(i))
+            return self.final_norm(x), {**cache, "k": tuple(ks), "v": tuple(vs)}
+
         prefill = (isinstance(cache_index, int) and cache_index == 0 and layers is None and cfg.scan_layers
                    and all(len(c) == 1 for c in cache["k"]))
         if prefill:  # fresh single-chunk caches: scan the layers (one layer's temporaries live
@@ -294,7 +306,11 @@ def forward(cfg: Qwen2Config, params: Params, tokens, positions, kv_mask, cache=
 def unstack_layers(params: Params) -> Params:
     """`params` with the stacked layers split into a tuple of per-layer dicts. A decode loop
     takes these slices once, outside the loop: slicing the stack inside it copies every
-    layer's weights on every step."""
+    layer's weights on every step. (Slicing inside a program still copies each layer out of
+    the stack once; parameters already unstacked, as Sampler.prepare returns them, are
+    returned as they are.)"""
+    if isinstance(params["layers"], (tuple, list)):
+        return params
     n = jax.tree.leaves(params["layers"])[0].shape[0]
     return {**params, "layers": tuple(jax.tree.map(lambda a: a[i], params["layers"]) for i in range(n))}
 
@@ -322,6 +338,31 @@ def add_cache_chunk(cache: Cache, length: int) -> Cache:
     grow = lambda chunks, axis: chunks + (jnp.zeros(
         chunks[0].shape[:axis] + (length,) + chunks[0].shape[axis + 1:], chunks[0].dtype),)
     return {"k": tuple(grow(c, 3) for c in cache["k"]), "v": tuple(grow(c, 2) for c in cache["v"])}
+
+
+def init_pool(cfg: Qwen2Config, groups: int, pages: int, page_size: int, dtype="bfloat16") -> dict:
+    """Zeroed paged KV pool: per layer keys [G, N, Hkv, D, P] and values [G, N, Hkv, P, D]
+    (the decode layout, one page per P tokens). forward() takes it as a cache together with
+    "table", "owner", "base" and "start" (see attention.PoolKV) and per-row positions as
+    cache_index, for one token per row."""
+    kv, d = cfg.num_kv_heads, cfg.dim_per_head
+    return {
+        "k": tuple(jnp.zeros((groups, pages, kv, d, page_size), dtype) for _ in range(cfg.num_layers)),
+        "v": tuple(jnp.zeros((groups, pages, kv, page_size, d), dtype) for _ in range(cfg.num_layers)),
+    }
+
+
+def write_pages(pool: jax.Array, chunk: jax.Array, pages: jax.Array, values: bool) -> jax.Array:
+    """Copies a prefilled contiguous cache chunk into pool pages. pool [G, N, ...] (as
+    init_pool), chunk [G, A, Hkv, D, L] keys or [G, A, Hkv, L, D] values with L a multiple of
+    the page size, pages int32 [G, A, L / P] (out of range: dropped)."""
+    p = pool.shape[-2] if values else pool.shape[-1]
+    g, a, h = chunk.shape[:3]
+    if values:  # [G, A, Hkv, L, D] -> [G, A, L/P, Hkv, P, D]
+        x = chunk.reshape(g, a, h, -1, p, chunk.shape[-1]).transpose(0, 1, 3, 2, 4, 5)
+    else:  # [G, A, Hkv, D, L] -> [G, A, L/P, Hkv, D, P]
+        x = chunk.reshape(g, a, h, chunk.shape[3], -1, p).transpose(0, 1, 4, 2, 3, 5)
+    return jax.vmap(lambda pl, pg, v: pl.at[pg].set(v.astype(pl.dtype), mode="drop"))(pool, pages, x)
 
 
 def cache_length(cache: Cache) -> int:

@@ -12,6 +12,9 @@ and lowers + compiles, with `jax.jit(...).lower(ShapeDtypeStructs).compile()`:
                 rollout.prompts_per_sample_call prompts (padded as the Sampler pads them)
                 x group_size samples, cache length prompt bucket + response bucket
   ref_logprobs  the no-gradient log-prob program, for `--logprob_rows` sequences
+  rollout       the continuous-batching sampler (tools/throughput.py): rows in flight per
+                chip, its peak, one decode step's bytes and FLOPs, modeled rollout seconds
+                per GRPO step against the static design
 
 The compiled programs' memory_analysis() and cost_analysis() give per-device bytes and
 FLOPs. Besides its own arguments, each program shares HBM with buffers that stay resident
@@ -226,7 +229,7 @@ def plan_sampler(cfg, c, mesh, rules, params, stage, *, prompts_per_call=None):
     key = jax.eval_shape(lambda: jax.random.key(0))
     args = (params, _sds((rows, plen), jnp.int32, sh), _sds((rows, plen), jnp.bool_, sh),
             _sds(key.shape, key.dtype, rep), _sds((), jnp.int32, rep), _sds((), jnp.float32, rep),
-            _sds((), jnp.float32, rep))
+            _sds((), jnp.float32, rep), _sds((), jnp.int32, rep))
     t0 = time.perf_counter()
     new = sampler.new_tokens_bucket(opts.max_new_tokens)
     compiled = sampler._generate.lower(*args, max_new_bucket=new, opts=_static(opts)).compile()
@@ -259,7 +262,7 @@ def largest_stage(c) -> tuple[int, dict]:
 
 def run_plan(c, topology: "topologies.Topology", *, micro_batch=None, seq_len=None, num_micro=None,
              prompts_per_call=None, num_layers=None, preset_name=None, logprob_rows=None, exact_lengths=False,
-             programs=("train_step", "sampler", "ref_logprobs")) -> dict:
+             programs=("train_step", "sampler", "ref_logprobs", "rollout"), rollout_options=None) -> dict:
     import jax
 
     from dsrl_jax import parallel
@@ -273,11 +276,11 @@ def run_plan(c, topology: "topologies.Topology", *, micro_batch=None, seq_len=No
     pin = getattr(parallel, "activation_sharding", None)  # pins activations' batch dim
     with pin(mesh, rules) if pin else contextlib.nullcontext():
         return _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, prompts_per_call,
-                         logprob_rows, exact_lengths, programs)
+                         logprob_rows, exact_lengths, programs, rollout_options or {})
 
 
 def _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, prompts_per_call, logprob_rows,
-              exact_lengths, programs):
+              exact_lengths, programs, rollout_options):
     import jax
 
     from dsrl_jax import parallel
@@ -307,6 +310,14 @@ def _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, pr
         s, info = plan_logprobs(cfg, c, mesh, rules, state["params"], stage, rows, exact_lengths)
         s["resident_other_bytes"] = opt_b + param_b  # the policy's state beside the reference
         out["ref_logprobs"] = {**s, **info}
+    if "rollout" in programs:
+        from dsrl_jax.tools import throughput
+
+        rollout = throughput.plan_rollout(cfg, c, mesh, rules, state, stage, topology, **rollout_options)
+        rollout["resident_other_bytes"] += ref_b
+        rollout["total_bytes_per_device"] = rollout["peak_bytes_per_device"] + rollout["resident_other_bytes"]
+        rollout["fits"] = rollout["total_bytes_per_device"] <= topology.hbm_bytes
+        out["rollout"] = rollout
     for name in ("train_step", "sampler", "ref_logprobs"):
         if name in out:
             p = out[name]
@@ -341,6 +352,10 @@ def format_table(plan: dict) -> str:
             f" {g(p['peak_bytes_per_device'])} {g(p['total_bytes_per_device'])}"
             f" {g(plan['hbm_bytes_per_device'])} {'yes' if p['fits'] else 'NO':>5} {p['flops'] / 1e12:9.1f}"
             f" {p['compile_s']:7.1f}s")
+    if "rollout" in plan:
+        from dsrl_jax.tools import throughput
+
+        lines.append(throughput.format_rollout(plan["rollout"]))
     return "\n".join(lines)
 
 
@@ -349,6 +364,8 @@ def summary_json(plan: dict) -> dict:
             "total_bytes_per_device", "fits")
     out = {name: {k: plan[name][k] for k in keys} for name in ("train_step", "sampler", "ref_logprobs")
            if name in plan}
+    if "rollout" in plan:
+        out["rollout"] = plan["rollout"]
     out["topology"] = plan["topology"]
     out["hbm_bytes_per_device"] = plan["hbm_bytes_per_device"]
     return out
@@ -372,7 +389,10 @@ def _define_flags():
     flags.DEFINE_integer("num_layers", None, "Fewer layers (quick checks only).")
     flags.DEFINE_string("preset", None, "Model preset instead of the config's model.init.")
     flags.DEFINE_bool("exact_lengths", False, "Unbucketed prompt/response lengths in the update.")
-    flags.DEFINE_list("programs", ["train_step", "sampler", "ref_logprobs"], "Programs to compile.")
+    flags.DEFINE_list("programs", ["train_step", "sampler", "ref_logprobs", "rollout"], "Programs to compile.")
+    flags.DEFINE_integer("rows_in_flight_per_chip", 24, "Continuous-batching slots per chip (rollout plan).")
+    flags.DEFINE_float("kv_fraction", 0.5, "KV pool size as a fraction of slots x (prompt + response) tokens.")
+    flags.DEFINE_integer("prefill_rows", 2, "Rows admitted per data-parallel shard per round (rollout plan).")
 
 
 def main(argv):
@@ -385,7 +405,9 @@ def main(argv):
     topo = topologies.get(F.topology)
     plan = run_plan(F.config, topo, micro_batch=F.micro_batch, seq_len=F.seq_len, num_micro=F.num_micro,
                     prompts_per_call=F.prompts_per_call, num_layers=F.num_layers, preset_name=F.preset,
-                    logprob_rows=F.logprob_rows, exact_lengths=F.exact_lengths, programs=tuple(F.programs))
+                    logprob_rows=F.logprob_rows, exact_lengths=F.exact_lengths, programs=tuple(F.programs),
+                    rollout_options=dict(rows_per_chip=F.rows_in_flight_per_chip, kv_fraction=F.kv_fraction,
+                                         prefill_rows=F.prefill_rows))
     print(format_table(plan))
     print(json.dumps(summary_json(plan)))
 

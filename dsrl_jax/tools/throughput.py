@@ -1,0 +1,391 @@
+"""Rollout throughput plans (continuous batching) for the memory tool, and rows-per-call
+plans of the sampling programs (scoring, evaluation):
+
+    python -m dsrl_jax.tools.throughput --config=configs/score.py --topology=v5e-8
+    python -m dsrl_jax.tools.throughput --config=configs/eval.py --topology=v4-8
+
+Rollout plan of a training config on a topology (`plan_rollout`):
+  - rows in flight: `rows_per_chip` x chips decoding slots, KV pool of `kv_fraction` x slots
+    x (prompt + response) tokens, weights in the sampling layout (Sampler.prepare: compute
+    dtype, replicated over the data axes);
+  - the compiled continuous-batching programs' memory (decode loop and the largest prefill
+    of a round, SampleOptions.prefill_rows rows per shard), and one decode step's FLOPs and
+    bytes accessed (cost_analysis of the compiled loop, whose body XLA counts once: one step), with the in-place pool writes
+    counted at the bytes they write (`pool_write_overcount`; the raw figure is kept as
+    decode_step_bytes_counted_by_xla);
+  - modeled step time = max(bytes / HBM bandwidth, FLOPs / bf16 peak) (topology table);
+  - modeled rollout seconds of one GRPO step (batch_prompts x group_size rows) for the
+    length model below, against the static design: calls of prompts_per_sample_call
+    prompts, each decoding to the cap (a call of 32 rows holds a truncated row with
+    probability 1 - 0.85^32 > 99%), one step of which is the same program at the static
+    call's rows, the training weights (FSDP-sharded, gathered per step) and a cache read
+    at half its length on average (the static loop grows its cache by segments).
+
+Length model (R1-Distill-like): 15% of responses reach the cap, the rest are uniform on
+[0, 0.706 cap), so the mean is 45% of the cap. A slot then holds on average
+E[l^2] / (2 E[l]) = 32% of the cap (length-biased), so a pool of half of slots x cap
+rarely fills (the sampler preempts and later resumes the youngest row when it does).
+Continuous rollout steps = all tokens / slots + one cap for the drain at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+TRUNCATED = 0.15  # fraction of responses cut at the cap
+MEAN = 0.45  # mean response length / cap
+
+
+def _sds(shape, dtype, sharding):
+    import jax
+
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+
+def _cost(compiled) -> tuple[float, float]:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    cost = cost or {}
+    return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+
+
+def sampling_params(sampler, replicate: bool, training_params=None):
+    """Abstract parameters as the sampler decodes from them: Sampler.prepare's output
+    (compute dtype, layers unstacked; replicated over the data axes, or with `replicate`
+    False the training shardings of `training_params`)."""
+    import jax
+
+    from dsrl_jax.models import qwen2
+
+    dtype = sampler.cfg.dtype
+    abstract = jax.eval_shape(qwen2.unstack_layers, qwen2.abstract_params(sampler.cfg))
+    if replicate:
+        shardings = sampler.sampling_shardings()
+    else:
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        sh = jax.tree.map(lambda a: a.sharding, training_params)
+        layer = jax.tree.map(lambda s: NamedSharding(s.mesh, P(*s.spec[1:])), sh["layers"])
+        shardings = {**sh, "layers": tuple(layer for _ in range(sampler.cfg.num_layers))}
+    return jax.tree.map(lambda a, s: _sds(a.shape, dtype, s), abstract, shardings)
+
+
+def compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill: bool = True, cpu_raw: bool = True):
+    """(decode stats, prefill stats) of the decode loop and a round's largest prefill, as a
+    TPU would hold them. XLA:CPU computes bf16 dots in f32 and materialises f32 copies of
+    their bf16 operands (the whole KV pool and the weights, per layer), which a TPU does
+    not; so each program is compiled twice: as given (raw figures, "cpu_*" keys) and all in
+    f32 (weights, cache, activations: no upcasts). Reported: peak = the bf16 program's
+    arguments and unaliased outputs + the f32 program's temporaries (an upper bound of the
+    bf16 ones); bytes accessed = half the f32 program's (every array at twice its size)."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from dsrl_jax.sampling import Sampler
+
+    if jnp.dtype(sampler.cfg.dtype) == jnp.float32 and opts.cache_dtype == "float32":
+        return _compile_continuous(sampler, layout, params, opts, prompt_len, prefill)
+    if cpu_raw:
+        raw = _compile_continuous(sampler, layout, params, opts, prompt_len, prefill)
+    else:  # arguments from the abstract shapes (the donated state aliases the outputs)
+        from dsrl_jax.tools.memory import _per_device_bytes
+
+        args = _per_device_bytes(params) + _per_device_bytes(abstract_state(sampler, layout, opts.cache_dtype))
+        st = {"argument_bytes": args, "output_bytes": 0, "alias_bytes": 0}
+        raw = [dict(st), dict(st) if prefill else None]
+    f32 = Sampler(dataclasses.replace(sampler.cfg, dtype="float32", param_dtype="float32"), sampler.mesh,
+                  sampler.rules)
+    params32 = jax.tree.map(lambda a: _sds(a.shape, jnp.float32, a.sharding), params)
+    full = _compile_continuous(f32, layout, params32, dataclasses.replace(opts, cache_dtype="float32"), prompt_len,
+                               prefill)
+    out = []
+    for r, f in zip(raw, full):
+        if r is None:
+            out.append(None)
+            continue
+        st = {f"cpu_{k}": v for k, v in r.items()}
+        st.update(r)
+        st["temp_bytes"] = f["temp_bytes"]
+        st["peak_bytes_per_device"] = r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"] + f["temp_bytes"]
+        st["bytes_accessed"] = f["bytes_accessed"] / 2
+        st["flops"] = f["flops"]
+        out.append(st)
+    return out
+
+
+def abstract_state(sampler, layout, cache_dtype):
+    """Sharded ShapeDtypeStructs of the continuous-batching device state."""
+    import jax
+
+    from dsrl_jax import continuous
+
+    progs = continuous.Programs(sampler, layout)
+    shapes = jax.eval_shape(functools.partial(progs._init_state, cache_dtype))
+    pool_sh = progs._pool_sharding()
+    return {k: (tuple(_sds(x.shape, x.dtype, pool_sh) for x in v) if k in ("k", "v")
+                else _sds(v.shape, v.dtype, progs._slot_sharding(v.ndim))) for k, v in shapes.items()}
+
+
+def _compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill: bool = True):
+    import jax
+    import jax.numpy as jnp
+
+    from dsrl_jax import continuous, parallel
+    from dsrl_jax.sampling import _static, bucket
+    from dsrl_jax.tools.memory import _stats
+
+    progs = continuous.Programs(sampler, layout)
+    state = abstract_state(sampler, layout, opts.cache_dtype)
+    g, s, n, m = layout.G, layout.S, layout.N, layout.M
+    sh = progs._slot_sharding
+    rep = parallel.replicated(sampler.mesh)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    dec = progs.decode.lower(
+        params, state, _sds((g, s, m), jnp.int32, sh(3)), _sds((g, n), jnp.int32, sh(2)), _sds((g, n), jnp.int32, sh(2)),
+        _sds((g * s,), jnp.bool_, sh(1)), _sds(key.shape, key.dtype, rep), _sds((), jnp.int32, rep),
+        _sds((), jnp.float32, rep), _sds((), jnp.float32, rep), steps=opts.steps_per_call, opts=_static(opts)).compile()
+    length = -(-bucket(prompt_len, sampler.min_prompt_bucket) // layout.P) * layout.P
+    a = bucket(min(s, opts.prefill_rows), 1)  # the largest prefill of a round
+    pre = None if not prefill else progs.prefill.lower(
+        params, state, _sds((g * a, length), jnp.int32, sh(2)), _sds((g * a, length), jnp.bool_, sh(2)),
+        _sds((g, a), jnp.int32, sh(2)), _sds((g, a, length // layout.P), jnp.int32, sh(3)),
+        _sds((g, a), jnp.int32, sh(2)), _sds((g, a), jnp.int32, sh(2)), cache_dtype=opts.cache_dtype).compile()
+    out = []
+    for compiled in (dec, pre):
+        if compiled is None:
+            out.append(None)
+            continue
+        st = _stats(compiled)
+        st["flops"], st["bytes_accessed"] = _cost(compiled)
+        out.append(st)
+    out[0]["bytes_accessed_raw"] = out[0]["bytes_accessed"]
+    out[0]["bytes_accessed"] -= pool_write_overcount(sampler, layout, opts.cache_dtype)
+    return out
+
+
+def pool_write_overcount(sampler, layout, cache_dtype: str) -> float:
+    """Bytes that cost_analysis adds for the decode step's pool writes beyond what they
+    write. XLA counts a scatter at about its whole operand (here, per layer, the pool),
+    while a donated, loop-carried pool is updated in place on TPU: the scatters of one step
+    (k and v, one token per slot, every layer) compiled alone on one device's shard, minus
+    the bytes they really write."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    cfg, mesh = sampler.cfg, sampler.mesh
+    tensor = mesh.shape.get("tensor", 1)
+    hkv = cfg.num_kv_heads // tensor if cfg.num_kv_heads % tensor == 0 else cfg.num_kv_heads
+    d, s, n, p = cfg.dim_per_head, layout.S, layout.N, layout.P
+    dt = jnp.dtype(cache_dtype)
+
+    def write(kp, vp, page, off, x):
+        return kp.at[page, :, :, off].set(x), vp.at[page, :, off, :].set(x)
+
+    sd = lambda shape, t=dt: jax.ShapeDtypeStruct(shape, t)
+    compiled = jax.jit(write, donate_argnums=(0, 1)).lower(
+        sd((n, hkv, d, p)), sd((n, hkv, p, d)), sd((s,), jnp.int32), sd((s,), jnp.int32), sd((s, hkv, d))).compile()
+    counted = _cost(compiled)[1]
+    written = 2 * s * hkv * d * np.dtype(dt).itemsize
+    return cfg.num_layers * max(counted - written, 0.0)
+
+
+def step_seconds(flops: float, bytes_accessed: float, topology) -> float:
+    return max(bytes_accessed / (topology.hbm_gbps * 1e9), flops / (topology.bf16_tflops * 1e12))
+
+
+def plan_rollout(cfg, c, mesh, rules, state, stage, topology, *, rows_per_chip=24, kv_fraction=0.5,
+                 steps_per_call=32, page_size=64, prefill_rows=2) -> dict:
+    """The "rollout" entry of the memory plan (see the module docstring)."""
+    import dataclasses
+
+    from dsrl_jax import continuous
+    from dsrl_jax.sampling import SampleOptions, Sampler, bucket
+    from dsrl_jax.tools.memory import _per_device_bytes
+
+    r = c.rollout
+    plen, cap = int(stage["max_prompt_len"]), int(stage["max_response_len"])
+    sampler = Sampler(cfg, mesh, rules)
+    slots = rows_per_chip * topology.devices
+    row_tokens = bucket(plen, sampler.min_prompt_bucket) + cap
+    kv_tokens = int(kv_fraction * slots * row_tokens)
+    opts = SampleOptions(max_new_tokens=cap, temperature=max(r.temperature, 1e-3), top_p=r.top_p, top_k=r.top_k,
+                         stop_token_ids=(1,), cache_dtype=r.cache_dtype, max_in_flight=slots,
+                         kv_cache_tokens=kv_tokens, page_size=page_size, steps_per_call=steps_per_call,
+                         prefill_rows=prefill_rows)
+    lay = continuous.plan_layout(sampler, slots, kv_tokens, page_size, plen, cap)
+    dec, pre = compile_continuous(sampler, lay, sampling_params(sampler, True), opts, plen)
+    # The static design: one call's rows, the training weights, half the cache read per step.
+    static_rows = sampler.batch_bucket(r.prompts_per_sample_call or r.batch_prompts, r.group_size) * r.group_size
+    static_opts = dataclasses.replace(opts, max_in_flight=static_rows, kv_cache_tokens=static_rows * row_tokens // 2)
+    static_lay = continuous.plan_layout(sampler, static_rows, static_opts.kv_cache_tokens, page_size, plen, cap)
+    sdec, _ = compile_continuous(sampler, static_lay, sampling_params(sampler, False, state["params"]), static_opts,
+                                 plen, prefill=False)
+    step_s = step_seconds(dec["flops"], dec["bytes_accessed"], topology)
+    prefill_s = step_seconds(pre["flops"], pre["bytes_accessed"], topology)
+    static_step_s = step_seconds(sdec["flops"], sdec["bytes_accessed"], topology)
+    rows = r.batch_prompts * r.group_size
+    steps = rows * MEAN * cap / (lay.G * lay.S) + cap
+    rollout_s = steps * step_s + rows / (lay.G * min(lay.S, prefill_rows)) * prefill_s
+    calls = math.ceil(r.batch_prompts / (r.prompts_per_sample_call or r.batch_prompts))
+    static_s = calls * cap * static_step_s
+    peak = max(dec["peak_bytes_per_device"], pre["peak_bytes_per_device"])
+    resident = _per_device_bytes(state["params"]) + _per_device_bytes(state["opt_state"])
+    return {
+        "rows_in_flight_per_chip": rows_per_chip, "slots": lay.G * lay.S, "kv_cache_tokens": kv_tokens,
+        "kv_fraction": kv_fraction, "page_size": page_size, "steps_per_call": steps_per_call,
+        "prefill_rows": prefill_rows,
+        "decode_step_bytes": dec["bytes_accessed"], "decode_step_flops": dec["flops"],
+        "decode_step_bytes_counted_by_xla": dec.get("cpu_bytes_accessed_raw", dec["bytes_accessed_raw"]),
+        "cpu_decode_peak_bytes": dec.get("cpu_peak_bytes_per_device", dec["peak_bytes_per_device"]),
+        "cpu_prefill_peak_bytes": pre.get("cpu_peak_bytes_per_device", pre["peak_bytes_per_device"]),
+        "decode_peak_bytes": dec["peak_bytes_per_device"], "prefill_peak_bytes": pre["peak_bytes_per_device"],
+        "peak_bytes_per_device": peak, "resident_other_bytes": resident, "total_bytes_per_device": peak + resident,
+        "fits": peak + resident <= topology.hbm_bytes,
+        "modeled_step_s": step_s, "modeled_prefill_s": prefill_s,
+        "modeled_rollout_s_per_grpo_step": rollout_s,
+        "static_rows_per_call": static_rows, "static_calls_per_grpo_step": calls,
+        "static_decode_step_bytes": sdec["bytes_accessed"], "static_decode_step_flops": sdec["flops"],
+        "static_modeled_step_s": static_step_s, "static_modeled_rollout_s_per_grpo_step": static_s,
+        "speedup_vs_static": static_s / rollout_s,
+    }
+
+
+def format_rollout(p: dict) -> str:
+    g = 1024**3
+    return (f"rollout: {p['rows_in_flight_per_chip']} rows in flight per chip ({p['slots']} slots), KV pool "
+            f"{p['kv_cache_tokens']} tokens; peak {p['peak_bytes_per_device'] / g:.2f} GiB + resident "
+            f"{p['resident_other_bytes'] / g:.2f} = {p['total_bytes_per_device'] / g:.2f} GiB "
+            f"({'fits' if p['fits'] else 'DOES NOT FIT'}); decode step {p['decode_step_bytes'] / 1e9:.2f} GB, "
+            f"{p['decode_step_flops'] / 1e12:.2f} TFLOP -> {p['modeled_step_s'] * 1e3:.1f} ms; rollout per GRPO step "
+            f"{p['modeled_rollout_s_per_grpo_step']:.0f} s vs static {p['static_modeled_rollout_s_per_grpo_step']:.0f} s "
+            f"({p['static_calls_per_grpo_step']} calls x {p['static_rows_per_call']} rows, step "
+            f"{p['static_modeled_step_s'] * 1e3:.1f} ms): {p['speedup_vs_static']:.1f}x")
+
+
+# ---- sampling programs: scoring and evaluation -------------------------------------------
+
+
+def plan_sampling_program(cfg, mesh, rules, topology, prompt_len: int, new_tokens: int, *, kv_fraction=0.5,
+                          cache_dtype="bfloat16", page_size=64, steps_per_call=32, replicate=None) -> dict:
+    """The largest continuous-batching rows in flight (rows per call) that fit HBM for a
+    sampling-only program (no optimizer state). Weights in the compute dtype, replicated
+    over the data axes when they take at most 40% of HBM, else FSDP-sharded. Per-device
+    peak = max(decode loop, prefill of every slot), which is linear in layers and in slots:
+    it is fitted from 1- and 2-layer compiles at two slot counts and solved for the model's
+    layers (every fitted figure is a compiled one; only the extrapolation is modeled)."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from dsrl_jax import continuous, parallel
+    from dsrl_jax.models import qwen2
+    from dsrl_jax.models.config import param_count
+    from dsrl_jax.sampling import SampleOptions, Sampler, bucket
+
+    weight_bytes = param_count(cfg) * np.dtype(cfg.dtype).itemsize
+    if replicate is None:
+        replicate = weight_bytes <= 0.4 * topology.hbm_bytes
+    row_tokens = bucket(prompt_len, 16) + new_tokens
+    pool_tokens = lambda slots: int(kv_fraction * slots * row_tokens) + 2 * page_size * dp
+    points = {}
+    dp = parallel.data_parallel_size(mesh, rules)
+    for layers in (1, 2):
+        small = dataclasses.replace(cfg, num_layers=layers)
+        sampler = Sampler(small, mesh, rules)
+        abstract = qwen2.abstract_params(small)
+        train_sh = parallel.param_shardings(qwen2.logical_axes(small), abstract, mesh, rules)
+        train = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, train_sh)
+        params = sampling_params(sampler, replicate, train)
+        for slots in (2 * dp, 4 * dp):  # (half a pool per slot: 2 slots per group hold one whole row)
+            kv = pool_tokens(slots)
+            opts = SampleOptions(max_new_tokens=new_tokens, temperature=0.6, top_p=0.95, stop_token_ids=(1,),
+                                 cache_dtype=cache_dtype, max_in_flight=slots, kv_cache_tokens=kv,
+                                 page_size=page_size, steps_per_call=steps_per_call)
+            lay = continuous.plan_layout(sampler, slots, kv, page_size, prompt_len, new_tokens)
+            with parallel.activation_sharding(mesh, rules):
+                dec, pre = compile_continuous(sampler, lay, params, opts, prompt_len, cpu_raw=False)
+            points[layers, slots] = (dec["peak_bytes_per_device"], pre["peak_bytes_per_device"])
+
+    def predict(which, layers, slots):  # bilinear in (layers, slots) through the 4 compiles
+        f = lambda l, s: points[l, s][which]
+        per_slot = lambda l: (f(l, 4 * dp) - f(l, 2 * dp)) / (2 * dp)
+        at = lambda l, s: f(l, 2 * dp) + per_slot(l) * (s - 2 * dp)
+        return at(1, slots) + (at(2, slots) - at(1, slots)) * (layers - 1)
+
+    peak = lambda s: max(predict(0, cfg.num_layers, s), predict(1, cfg.num_layers, s))
+    rows = 0  # multiples of 2 x dp (a group's pool holds at least one whole row)
+    while peak(rows + 2 * dp) <= topology.hbm_bytes and rows < 1 << 16:
+        rows += 2 * dp
+    return {"rows_per_call": rows, "peak_bytes_per_device": int(peak(rows or 2 * dp)),
+            "next_peak_bytes_per_device": int(peak(rows + 2 * dp)),
+            "fits": rows > 0, "weights": "replicated" if replicate else "fsdp-sharded",
+            "kv_cache_tokens": pool_tokens(rows) if rows else 0, "prompt_len": prompt_len,
+            "new_tokens": new_tokens, "mesh": dict(mesh.shape)}
+
+
+def sampling_plans(c, topology, kind: str) -> dict:
+    """{"score": {proxy: plan}} for configs/score.py, {"eval": {model: plan}} for configs/eval.py."""
+    import jax
+
+    from dsrl_jax import parallel
+    from dsrl_jax.models.config import preset
+
+    devices = jax.devices()[: topology.devices]
+    mesh = parallel.make_mesh(dict(c.get("mesh") or {"fsdp": -1}), devices)
+    rules = dict(c.get("sharding_rules") or parallel.DEFAULT_RULES)
+    out = {}
+    if kind == "score":
+        names = {"1.5b": "deepseek-r1-distill-qwen-1.5b", "7b": "deepseek-r1-distill-qwen-7b",
+                 "32b": "deepseek-r1-distill-qwen-32b"}
+        for p in c.proxies:
+            size = next((k for k in names if k in p["name"].lower() or k in p["model"].lower()), None)
+            if size is None:
+                continue
+            cfg = preset(names[size], dtype=p.get("dtype", "bfloat16"), param_dtype=p.get("dtype", "bfloat16"))
+            out[p["name"]] = plan_sampling_program(cfg, mesh, rules, topology, int(p["max_prompt_len"]),
+                                                   int(p["max_new_tokens"]))
+    else:
+        cfg = preset("deepseek-r1-distill-qwen-1.5b", dtype=c.get("dtype", "bfloat16"), param_dtype="bfloat16")
+        out["r1-distill-1.5b"] = plan_sampling_program(cfg, mesh, rules, topology, int(c.get("max_prompt_len", 2048)),
+                                                       int(c.max_new_tokens))
+    return {kind: out}
+
+
+def _main(argv):
+    import json
+
+    from absl import flags
+
+    from dsrl_jax.tools import topologies
+
+    F = flags.FLAGS
+    topo = topologies.get(F.topology)
+    kind = "score" if "proxies" in F.config else "eval"
+    plans = sampling_plans(F.config, topo, kind)
+    g = topologies.GIB
+    print(f"{kind} on {topo.name} ({topo.devices} devices x {topo.hbm_gib:g} GiB), continuous batching, KV pool = "
+          f"half of rows x (prompt + new tokens):")
+    for name, p in plans[kind].items():
+        print(f"  {name:<20} rows per call {p['rows_per_call']:>5}  peak {p['peak_bytes_per_device'] / g:6.2f} GiB"
+              f"  weights {p['weights']}, {p['prompt_len']}+{p['new_tokens']} tokens, mesh {p['mesh']}")
+    print(json.dumps({**plans, "topology": topo.name}))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from dsrl_jax.tools import memory, topologies
+
+    memory.setup_fake_devices(topologies.get(memory._preparse_topology(sys.argv)).devices)
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", "configs/score.py", "configs/score.py or configs/eval.py.")
+    flags.DEFINE_string("topology", "v5e-8", "A topology of dsrl_jax.tools.topologies.")
+    app.run(_main)
