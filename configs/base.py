@@ -56,6 +56,8 @@ def get_config():
         top_k=0,
         cache_dtype="bfloat16",
         prompts_per_sample_call=0,  # prompts per sampler call (x group_size rows); 0 = all at once
+        max_in_flight=0,  # > 0: continuous batching with this many decoding slots (rows are one queue,
+        kv_cache_tokens=0,  # graded as they finish) over a paged KV pool of this many tokens (0: slots x cap)
         dynamic_sampling=False,  # drop all-equal groups and refill from more prompts
         max_refill_batches=3,  # bounded tries for dynamic sampling
     ))

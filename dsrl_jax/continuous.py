@@ -303,7 +303,7 @@ class Run:
                 self.slot_limit[g, s] = length + self.opts.max_new_tokens - len(self.tokens[row]) - 1
                 self.slot_age[g, s] = self.clock
                 self.clock += 1
-        put = lambda x: jax.device_put(x, self.pr._slot_sharding(x.ndim))
+        put = lambda x: parallel.to_global(np.asarray(x), self.pr._slot_sharding(x.ndim))
         self.state = self.pr.prefill(self.params, self.state, put(tokens), put(mask), put(slots), put(pages),
                                      put(rows), put(ngen0), cache_dtype=self.opts.cache_dtype)
 
@@ -330,12 +330,12 @@ class Run:
     def _decode(self):
         lay, o = self.lay, self.opts
         active = (self.slot_row >= 0).reshape(-1)
-        put = lambda x: jax.device_put(x, self.pr._slot_sharding(x.ndim))
+        put = lambda x: parallel.to_global(np.asarray(x), self.pr._slot_sharding(x.ndim))
         self.state, tok, lp = self.pr.decode(
             self.params, self.state, put(self.table), put(self.owner), put(self.base), put(active), self.rng,
             jnp.int32(o.max_new_tokens), jnp.float32(o.temperature), jnp.float32(o.top_p),
             steps=o.steps_per_call, opts=self.static)
-        tok, lp, ngen, live = (np.asarray(x) for x in (tok, lp, self.state["ngen"], self.state["live"]))
+        tok, lp, ngen, live = (parallel.to_host(x) for x in (tok, lp, self.state["ngen"], self.state["live"]))
         stops = set(o.stop_token_ids)
         done = []
         for g in range(lay.G):

@@ -250,7 +250,7 @@ def _process_share(rows: int) -> range:
 
 
 def _gather_grades(results, rows: int) -> tuple[np.ndarray, list[dict]]:
-    """Every process's (reward, info) of its share -> all rows on every process."""
+    """Every process's (reward, info) of its share, in row order -> all rows on every process."""
     scores = np.asarray([r.score for r in results], np.float32)
     infos = [dict(r.info) for r in results]
     if jax.process_count() == 1:
@@ -274,31 +274,49 @@ def rollout(policy: Policy, sampler: Sampler, records: Sequence[dict], key: jax.
             grader=None, *, params=None, prompt_ids: Sequence[Sequence[int]] | None = None,
             rows_per_call: int = 0) -> Rollout:
     """Samples `opts.n` completions for each record, decodes them with the response prefix and
-    submits them to `grader` (a `RewardPool`; `RewardPool(cfg, num_workers=0)` grades inline).
-    Returns at once after sampling; `Rollout.wait()` collects the rewards, so the caller can
-    run device work (e.g. reference log-probs) while the workers grade.
+    submits them to `grader` (a `RewardPool`; `RewardPool(cfg, num_workers=0)` grades inline;
+    None: sampling only) as they finish, so grading overlaps decoding. Returns once sampling
+    is done; `Rollout.wait()` collects the rewards, so the caller can run device work
+    meanwhile.
 
-    `prompt_ids` (one per record) skip `policy.prompt_fn`; `rows_per_call` bounds the prompts
-    per sampler call (their KV caches must fit): 0 = all at once. Call i uses
-    fold_in(key, i), so results depend only on (key, records, rows_per_call)."""
+    All rows form one queue: with `opts.max_in_flight` the sampler's continuous batching
+    decodes them in that many slots and hands rows over as they finish; without it,
+    `rows_per_call` bounds the prompts per static sampler call (their KV caches must fit;
+    0 = all at once). Row r draws from fold_in(key, r) either way, so the samples depend
+    only on (key, records), not on how the queue was split. `prompt_ids` (one per record)
+    skip `policy.prompt_fn`."""
     records = list(records)
     prompts = [list(p) for p in prompt_ids] if prompt_ids is not None else [policy.prompt_fn(r) for r in records]
     params = policy.params if params is None else params
-    chunk = rows_per_call or len(prompts)
+    n, rows = opts.n, len(prompts) * opts.n
+    prefixes = [policy.response_prefix(p) for p in prompts]
+    texts: list[str] = [""] * rows
+    mine = set(_process_share(rows))
+    handles = []
+
+    def finished(base):
+        def on_finished(call_rows, out):  # decode and submit as rows finish
+            global_rows = [base + r for r in call_rows]
+            for i, row in enumerate(global_rows):
+                texts[row] = prefixes[row // n] + decode(policy.tokenizer, out.tokens[i, : out.lengths[i]])
+            graded = [row for row in global_rows if row in mine]
+            if grader is not None and graded:
+                handles.append((graded, grader.submit([texts[r] for r in graded], [records[r // n] for r in graded])))
+        return on_finished
+
+    chunk = len(prompts) if opts.max_in_flight is not None or not rows_per_call else rows_per_call
     t0 = time.perf_counter()
-    outs = [sampler.sample(params, prompts[i:i + chunk], jax.random.fold_in(key, i // chunk), opts)
+    outs = [sampler.sample(params, prompts[i:i + chunk], key, opts, on_finished=finished(i * n), first_row=i * n)
             for i in range(0, len(prompts), chunk)]
     seconds = time.perf_counter() - t0
     width = max(o.tokens.shape[1] for o in outs)
     cat = lambda name: np.concatenate([np.pad(getattr(o, name), ((0, 0), (0, width - getattr(o, name).shape[1])))
                                        if getattr(o, name).ndim == 2 else getattr(o, name) for o in outs])
     tokens, logprobs, lengths, finish = cat("tokens"), cat("logprobs"), cat("lengths"), cat("finish_reason")
-    n, rows = opts.n, len(prompts) * opts.n
-    prefixes = [policy.response_prefix(p) for p in prompts]
-    texts = [prefixes[row // n] + decode(policy.tokenizer, tokens[row, : lengths[row]]) for row in range(rows)]
     out = Rollout(records, prompts, n, tokens, logprobs, lengths, finish, texts, seconds=seconds)
-    if grader is not None:  # None: sampling only (`generate`)
-        mine = _process_share(rows)
-        handle = grader.submit([texts[row] for row in mine], [records[row // n] for row in mine])
-        out._pending = lambda: _gather_grades(handle.result(), rows)
+    if grader is not None:
+        def collect():
+            by_row = {row: res for graded, h in handles for row, res in zip(graded, h.result())}
+            return _gather_grades([by_row[row] for row in sorted(mine)], rows)
+        out._pending = collect
     return out

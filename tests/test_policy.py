@@ -115,7 +115,7 @@ def test_evaluate_and_score_clis_run_sharded_like_one_device(tiny_r1, tmp_path):
 def scripted_sample(completions, finish):
     """A `Sampler.sample` that returns fixed completions (row i gets completions[i % len])
     instead of sampling: the same completion then goes down every entry point's path."""
-    def sample(self, params, prompts, rng, opts):
+    def sample(self, params, prompts, rng, opts, on_finished=None, first_row=0):
         rows = len(prompts) * opts.n
         toks = np.zeros((rows, max(map(len, completions))), np.int32)
         lens = np.zeros(rows, np.int32)
@@ -123,7 +123,10 @@ def scripted_sample(completions, finish):
             c = completions[i % len(completions)]
             toks[i, :len(c)], lens[i] = c, len(c)
         fin = np.asarray([finish[i % len(finish)] for i in range(rows)], np.int32)
-        return SampleOutput(toks, np.zeros(toks.shape, np.float32), lens, fin)
+        out = SampleOutput(toks, np.zeros(toks.shape, np.float32), lens, fin)
+        if on_finished is not None:  # every row finishes at once, as on the static path
+            on_finished(list(range(rows)), out)
+        return out
     return sample
 
 
@@ -201,3 +204,24 @@ def test_update_and_reference_logprobs_use_the_rollout_temperature():
     np.testing.assert_allclose(got, want, atol=2e-5)
     untempered = np.asarray(update.make_logprob_fn(cfg, plen, 4)(params, tokens, mask))
     assert np.abs(untempered - got).max() > 1e-2  # the temperature is not a no-op
+
+
+def test_one_queue_static_chunks_and_continuous_batching_grade_the_same_rows(tiny_r1):
+    """The rollout's queue split into static calls of 1 prompt, or decoded in 3 slots with
+    continuous batching (rows graded as they finish), gives the same rows as one call."""
+    policy = load_policy(tiny_r1, parallel.make_mesh({"fsdp": 1}, jax.devices()[:1]))
+    sampler = Sampler(policy.cfg, policy.mesh)
+    records = math_rows(3)
+    base = policy.sample_options(max_new_tokens=10, temperature=0.0, n=2)
+    with RewardPool(num_workers=1) as pool:
+        one = rollout(policy, sampler, records, jax.random.key(1), base, pool).wait()
+        chunked = rollout(policy, sampler, records, jax.random.key(1), base, pool, rows_per_call=1).wait()
+        import dataclasses
+
+        cont = rollout(policy, sampler, records, jax.random.key(1), dataclasses.replace(base, max_in_flight=3),
+                       pool).wait()
+    for other in (chunked, cont):
+        np.testing.assert_array_equal(other.lengths, one.lengths)
+        np.testing.assert_array_equal(other.tokens[:, :10], one.tokens[:, :10])
+        assert other.texts == one.texts and other.rewards.tolist() == one.rewards.tolist()
+        assert [i.get("extracted") for i in other.infos] == [i.get("extracted") for i in one.infos]

@@ -159,7 +159,9 @@ class Trainer:
     def _sample_options(self, stage) -> SampleOptions:
         r = _merged(self.config.rollout, dict(stage.get("sampling") or {}))
         return self.policy.sample_options(max_new_tokens=stage.max_response_len, temperature=r.temperature,
-                                          top_p=r.top_p, top_k=r.top_k, n=r.group_size, cache_dtype=r.cache_dtype)
+                                          top_p=r.top_p, top_k=r.top_k, n=r.group_size, cache_dtype=r.cache_dtype,
+                                          max_in_flight=r.get("max_in_flight") or None,
+                                          kv_cache_tokens=r.get("kv_cache_tokens") or None)
 
     def _rollout(self, stage, key, timer: Timer):
         """Groups for one update (dynamic sampling refills from further prompt batches)."""
