@@ -66,7 +66,9 @@ def test_metrics_writer_on_gcs_uploads_and_resumes(gcs):
 def test_demo_train_export_and_evaluate_on_gcs(gcs, tmp_path):
     from dsrl_jax.checkpoint import Checkpointer
     from dsrl_jax.demo import CharTokenizer
-    from dsrl_jax.evaluate import default_eval_config, evaluate_policy, load_policy
+    from dsrl_jax.checkpoint import abstract_like
+    from dsrl_jax.evaluate import default_eval_config, evaluate_policy
+    from dsrl_jax.policy import load_policy
     from dsrl_jax.models import hf
     from tests.export_utils import ours, transformers_logits
 
@@ -95,9 +97,11 @@ def test_demo_train_export_and_evaluate_on_gcs(gcs, tmp_path):
                            f"--out={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # transformers on the export == our model on the checkpoint of that step (not the warm start).
-    cfg, params, model_dir = load_policy(out)  # the model path is on GCS too
+    tok = CharTokenizer()
+    policy = load_policy(out, tokenizer=tok, prompt_fn=lambda r: tok.format_prompt(r["problem"]))  # on GCS too
+    cfg, params, model_dir = policy.cfg, policy.params, policy.model_dir
     with Checkpointer(f"{run}/checkpoints", read_only=True) as ckpt:
-        trained = ckpt.restore_subtree(step, "params", params)
+        trained = ckpt.restore_subtree(step, "params", abstract_like(params))
     tokens = np.asarray([CharTokenizer().format_prompt("3+4-2")] * 2, np.int32)
     ours_step = ours(cfg, trained, tokens)
     np.testing.assert_allclose(transformers_logits(model_dir, tokens), ours_step, atol=1e-4)
@@ -105,13 +109,11 @@ def test_demo_train_export_and_evaluate_on_gcs(gcs, tmp_path):
     assert np.abs(ours(cfg, warm, tokens) - ours_step).max() > 1e-4, "step N equals the warm start"
 
     # Evaluation of the exported model into a gs:// workdir.
-    tok = CharTokenizer()
     records = [json.loads(line) for line in paths.read_text(f"{run}/eval_problems.jsonl").splitlines()][:4]
     opts = default_eval_config()
     opts.update(n=2, temperature=1.0, top_p=1.0, max_new_tokens=24, batch_size=4, reward_workers=0)
     evals = f"{ROOT}/evals/step_{step}"
-    summary = evaluate_policy(cfg, params, tok, {"demo": records}, opts, workdir=evals,
-                              prompt_fn=lambda r: tok.format_prompt(r["problem"]), stop_token_ids=[tok.eos_token_id])
+    summary = evaluate_policy(policy, {"demo": records}, opts, workdir=evals)
     assert json.loads(paths.read_text(f"{evals}/summary.json")) == json.loads(json.dumps(summary))
     rows = paths.read_text(f"{evals}/demo/responses.jsonl").splitlines()
     assert len(rows) == 2 * len(records)
@@ -125,7 +127,7 @@ def test_training_model_init_from_gcs(gcs, r1_tokenizer_dir):
     from dsrl_jax import parallel
     from dsrl_jax.models import hf, qwen2
     from dsrl_jax.models.config import preset
-    from dsrl_jax.rl.trainer import load_model
+    from dsrl_jax.policy import load_policy
     from dsrl_jax.validate import ConfigError, validate_config
 
     cfg = preset("tiny-untied", param_dtype="float32", dtype="float32")
@@ -135,7 +137,8 @@ def test_training_model_init_from_gcs(gcs, r1_tokenizer_dir):
     c = base.get_config()
     c.model.update(init=model_url, dtype="float32", remat="none")
     mesh = parallel.make_mesh(c.mesh.to_dict())
-    got_cfg, got, tokenizer, model_dir = load_model(c.model, mesh, c.sharding_rules.to_dict())
+    policy = load_policy(c.model.init, mesh, c.sharding_rules.to_dict(), dtype="float32", remat="none")
+    got_cfg, got, tokenizer, model_dir = policy.cfg, policy.params, policy.tokenizer, policy.model_dir
     assert not paths.is_url(model_dir) and tokenizer.eos_token_id == 151643
     assert got_cfg.hidden_size == cfg.hidden_size
     assert jax.tree.all(jax.tree.map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), got, params))
