@@ -44,9 +44,9 @@ class CountingSampler(Sampler):
         super().__init__(cfg, mesh)
         self.prompts = 0
 
-    def sample(self, params, prompts, rng, opts):
+    def sample(self, params, prompts, rng, opts, **kwargs):
         self.prompts += len(prompts)
-        return super().sample(params, prompts, rng, opts)
+        return super().sample(params, prompts, rng, opts, **kwargs)
 
 
 def read_lines(path):

@@ -74,7 +74,9 @@ def test_two_processes_train_like_one(tmp_path):
     p1, p2 = np.load(single / "final_params.npz"), np.load(multi / "final_params.npz")
     assert sorted(p1.files) == sorted(p2.files)
     for name in p1.files:
-        np.testing.assert_allclose(p2[name], p1[name], rtol=1e-4, atol=1e-6, err_msg=name)
+        # Collectives sum in another order: ~1e-6 apart after 4 Adam steps of lr 1e-3 (each
+        # step moves a weight by up to ~1e-3), i.e. well under 1% of one update.
+        np.testing.assert_allclose(p2[name], p1[name], rtol=1e-4, atol=1e-5, err_msg=name)
     assert all("FINAL_STEP 4" in log for log in logs)
     steps = sorted(int(d) for d in os.listdir(multi / "checkpoints") if d.isdigit())
     assert steps and steps[-1] == STEPS  # one collective checkpoint directory, complete
