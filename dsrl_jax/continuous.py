@@ -260,11 +260,16 @@ class Run:
 
     # -- rounds -------------------------------------------------------------------------------
     def _admit(self):
+        """Fills free slots from the queue, `prefill_rows` rows per shard per prefill call."""
+        while self._admit_some():
+            pass
+
+    def _admit_some(self) -> bool:
         lay, k = self.lay, self.opts.steps_per_call
         free_slots = [list(np.flatnonzero(self.slot_row[g] < 0)) for g in range(lay.G)]
         want = list(self.queue)[: sum(map(len, free_slots))]
         if not want:
-            return
+            return False
         length = max(self._length(r) for r in want)
         need = length // lay.P + -(-k // lay.P) + 1
         admits = [[] for _ in range(lay.G)]
@@ -278,7 +283,7 @@ class Run:
             admits[g].append((free_slots[g].pop(0), self.queue.popleft()))
         a = max(map(len, admits))
         if a == 0:
-            return
+            return False
         from dsrl_jax.sampling import bucket
 
         a = bucket(a, 1)
@@ -306,6 +311,7 @@ class Run:
         put = lambda x: parallel.to_global(np.asarray(x), self.pr._slot_sharding(x.ndim))
         self.state = self.pr.prefill(self.params, self.state, put(tokens), put(mask), put(slots), put(pages),
                                      put(rows), put(ngen0), cache_dtype=self.opts.cache_dtype)
+        return True
 
     def _reserve(self):
         """Pages for the next steps_per_call tokens of every live slot (oldest rows first);

@@ -64,7 +64,7 @@ class SampleOptions:
     kv_cache_tokens: int | None = None  # KV pool size in tokens (None: every slot's whole row)
     page_size: int = 64  # tokens per KV page
     steps_per_call: int = 32  # decode steps between host rounds (refills, finished rows)
-    prefill_rows: int = 8  # rows admitted per data-parallel shard per round (bounds the prefill)
+    prefill_rows: int = 8  # rows per data-parallel shard per prefill call (a round admits until the slots are full)
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.n < 1:
