@@ -5,19 +5,19 @@
 Each phase is one of the project's public entry points, given its pieces by name, as a
 user would name them on the command line; only the model, the tokenizer and the problems
 are small and built in. In the workdir:
-  1. the warm start (dsrl_jax/demo/sft.py) writes two Hugging Face model directories,
-     models/sft-early and models/warm-start (with the character tokenizer's files, so each
-     is an ordinary policy spec), and the problems it drew: rl_problems.jsonl and the
-     held-out eval_problems.jsonl;
+  1. the problems (dsrl_jax/demo/task.py): rl_problems.jsonl and the held-out
+     eval_problems.jsonl; the warm start (dsrl_jax/demo/sft.py) writes two Hugging Face
+     model directories, models/sft-early and models/warm-start, with the character
+     tokenizer's files, so each is an ordinary policy spec;
   2. `dsrl_jax.score.run` scores rl_problems.jsonl with both models as proxies and levels it
      by the config's `level_rules` (dsrl_jax.data.levels) -> scored/problems.jsonl;
-  3. `Trainer(config, workdir)` runs the curriculum with model.init = models/warm-start
-     (the config's `model.init`, relative to the workdir),
-     data.sources = [scored/problems.jsonl] and eval.benchmarks = demo=eval_problems.jsonl
-     (`train_config`: what those three `--config.` flags would give);
-  4. `dsrl_jax.evaluate.evaluate_policy` (and greedy `pass_at_1`) on the held-out problems,
-     for the warm start and for the workdir's last checkpoint (`load_policy(workdir)`),
-     printed and written to demo_results.json.
+  3. `Trainer(config, workdir)` runs the curriculum from `model.init` (models/warm-start: a
+     relative spec is under the workdir) on data.sources = [scored/problems.jsonl], with
+     eval.benchmarks = demo=eval_problems.jsonl (`train_config`: what those three
+     `--config.` flags would give);
+  4. `evaluate_heldout`: `dsrl_jax.evaluate.evaluate_policy` and greedy `pass_at_1` on the
+     held-out problems, for the warm start and for the workdir's last checkpoint
+     (`load_policy(workdir)`), printed and written to demo_results.json.
 Re-running in the same workdir reuses the warm start and the scores and resumes GRPO from
 its last checkpoint.
 """
@@ -67,7 +67,7 @@ def _run(config, local: str, workdir: str) -> dict:
     models = _warm_start_models(config, splits["sft"], local)
 
     init = os.path.join(local, config.model.init)  # the warm start (model.init: relative to the workdir)
-    before = _evaluate(config, init, splits["eval"], local, "step_0")
+    before = evaluate_heldout(config, init, splits["eval"], os.path.join(local, "evals", "step_0"))
     print(f"held-out Pass@1 after the warm start: {before['pass@1']:.3f} (greedy {before['greedy_accuracy']:.3f})")
 
     levelled = score.run(score_config(config, local, models))
@@ -77,7 +77,7 @@ def _run(config, local: str, workdir: str) -> dict:
         step, stages = int(trainer.state["step"]), trainer.curriculum.state_dict()
     finally:
         trainer.close()
-    after = _evaluate(config, workdir, splits["eval"], local, f"final_step_{step}")
+    after = evaluate_heldout(config, workdir, splits["eval"], os.path.join(local, "evals", f"final_step_{step}"))
 
     counts = {level: n for (level, _), n in levels_lib.level_counts(levelled).items() if level != "-"}
     results = {"before": before, "after": after, "levels": counts, "final_stage": stages.get("stage_name"),
@@ -132,18 +132,18 @@ def train_config(config, local: str, init: str) -> ml_collections.ConfigDict:
     return c
 
 
-def _evaluate(config, spec: str, records, local: str, label: str) -> dict:
+def evaluate_heldout(config, spec: str, records, out_dir: str, *, seed: int | None = None) -> dict:
     """Held-out Pass@1 of the policy `spec` names (n samples at the demo's temperature)
-    through the project's evaluator, written to evals/<label>/ like any checkpoint's
-    evaluation, plus greedy accuracy; on one device, as the demo model is tiny."""
+    through the project's evaluator, written to `out_dir` like any checkpoint's evaluation,
+    plus greedy accuracy and Pass@1 per difficulty; on one device, as the demo model is
+    tiny. The sampling seed is `seed`, default config.seed."""
     d, m = config.demo, config.model
     policy = load_policy(spec, parallel.make_mesh({"fsdp": 1}, jax.devices()[:1]), prompt_mode=config.data.prompt_mode,
                          dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat=m.remat,
                          attention_impl=m.attention_impl)
     opts = ml_collections.ConfigDict(config.eval.to_dict())
     opts.update(n=d.eval_n, temperature=d.eval_temperature, top_p=1.0, max_new_tokens=d.eval_max_new_tokens,
-                limit=0, batch_size=256, seed=config.seed)
-    out_dir = os.path.join(local, "evals", label)
+                limit=0, batch_size=256, seed=config.seed if seed is None else seed)
     with RewardPool(config.rewards.to_dict(), num_workers=config.reward_workers) as pool:
         summary = evaluate_policy(policy, {"demo": records}, opts, pool=pool, workdir=out_dir)["demo"]
         greedy = pass_at_1(policy, records, greedy=True, max_new_tokens=d.eval_max_new_tokens, pool=pool)

@@ -42,9 +42,11 @@ def save_model(out_dir: str, cfg: Qwen2Config, params, tokenizer: CharTokenizer 
     """A demo model as a Hugging Face checkpoint directory (config.json, safetensors,
     generation_config.json and the character tokenizer's files): a policy spec that
     `load_policy`, `model.init`, a scoring proxy and `dsrl_jax.evaluate` all take by name.
+    `out_dir` is local; with several processes each calls this and process 0 writes.
     Returns `out_dir`."""
     hf.save_params(out_dir, cfg, params)
-    (tokenizer or CharTokenizer()).save_pretrained(out_dir)
+    if jax.process_index() == 0:
+        (tokenizer or CharTokenizer()).save_pretrained(out_dir)
     return out_dir
 
 
