@@ -48,28 +48,21 @@ def token_kinds(solution: str) -> list[str]:
 
 
 def load_models(workdir: str):
+    """(tokenizer, {name: policy}): the warm start and the GRPO result, by their specs."""
     import jax
 
-    from dsrl_jax.checkpoint import Checkpointer, abstract_like
-    from dsrl_jax.demo.sft import demo_model_config
+    from dsrl_jax import parallel
+    from dsrl_jax.checkpoint import Checkpointer
     from dsrl_jax.demo.tokenizer import CharTokenizer
-    from dsrl_jax.models import hf
-    from dsrl_jax.rl import update
+    from dsrl_jax.policy import load_policy
 
-    tok = CharTokenizer()
-    cfg = demo_model_config(tok.vocab_size)
-    _, warm = hf.load_params(os.path.join(workdir, "models", "warm-start"), cfg)
-    with open(os.path.join(workdir, "config.json")) as f:
-        optim = json.load(f)["optim"]
-    import ml_collections
-
-    tx, _ = update.make_optimizer(ml_collections.ConfigDict(optim))
-    target = abstract_like(update.init_state(warm, tx, jax.random.key(0)))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=None, async_save=False)
+    mesh = parallel.make_mesh({"fsdp": 1}, jax.devices()[:1])
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     step = ckpt.latest_step()
-    state, _ = ckpt.restore(step, target)
     ckpt.close()
-    return cfg, tok, {"warm start": warm, f"GRPO (step {step})": jax.device_get(state["params"])}
+    load = lambda spec: load_policy(spec, mesh, dtype="float32", attention_impl="plain")  # noqa: E731
+    return CharTokenizer(), {"warm start": load(os.path.join(workdir, "models", "warm-start")),
+                             f"GRPO (step {step})": load(workdir)}
 
 
 def teacher_forced(cfg, params, tok, records):
@@ -148,15 +141,16 @@ def first_error(response: str, gold: str) -> str:
 
 
 def analyse(workdir: str) -> dict:
-    from dsrl_jax.demo.evaluate import demo_policy, pass_at_1
+    from dsrl_jax.demo.evaluate import pass_at_1
     from dsrl_jax.demo.task import solution
 
-    cfg, tok, models = load_models(workdir)
+    tok, models = load_models(workdir)
     with open(os.path.join(workdir, "eval_problems.jsonl")) as f:
         records = [json.loads(line) for line in f]
     out, tfs = {}, {}
-    for name, params in models.items():
-        greedy = pass_at_1(demo_policy(cfg, params, tok), records, greedy=True, max_new_tokens=64)
+    for name, policy in models.items():
+        cfg, params = policy.cfg, policy.params
+        greedy = pass_at_1(policy, records, greedy=True, max_new_tokens=64)
         scores = [1.0 if r == solution(rec) else None for r, rec in zip(greedy.responses, records)]
         errors = collections.Counter(first_error(r, solution(rec)) for r, rec, s in
                                      zip(greedy.responses, records, scores) if s is None)
