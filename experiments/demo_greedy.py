@@ -25,6 +25,18 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from dsrl_jax import parallel  # noqa: E402  (this checkout's, by the path above)
+from dsrl_jax.checkpoint import Checkpointer  # noqa: E402
+from dsrl_jax.demo.evaluate import pass_at_1  # noqa: E402
+from dsrl_jax.demo.task import solution  # noqa: E402
+from dsrl_jax.demo.tokenizer import CharTokenizer  # noqa: E402
+from dsrl_jax.models import qwen2  # noqa: E402
+from dsrl_jax.policy import load_policy  # noqa: E402
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 KINDS = ("result", "copy", "sep", "boxed", "eos")
 
@@ -49,13 +61,6 @@ def token_kinds(solution: str) -> list[str]:
 
 def load_models(workdir: str):
     """(tokenizer, {name: policy}): the warm start and the GRPO result, by their specs."""
-    import jax
-
-    from dsrl_jax import parallel
-    from dsrl_jax.checkpoint import Checkpointer
-    from dsrl_jax.demo.tokenizer import CharTokenizer
-    from dsrl_jax.policy import load_policy
-
     mesh = parallel.make_mesh({"fsdp": 1}, jax.devices()[:1])
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     step = ckpt.latest_step()
@@ -67,12 +72,6 @@ def load_models(workdir: str):
 
 def teacher_forced(cfg, params, tok, records):
     """Per record: (gold token ids' probabilities [L], argmax == gold [L]) over the solution + EOS."""
-    import jax
-    import jax.numpy as jnp
-
-    from dsrl_jax.demo.task import solution
-    from dsrl_jax.models import qwen2
-
     seqs, spans = [], []
     for r in records:
         prompt = tok.format_prompt(r["problem"])
@@ -114,8 +113,6 @@ def result_positions(solution: str) -> list[int]:
 def fact_table(records, tf_before, tf_after, train_records) -> dict:
     """Per held-out step: is the gold result's first digit the argmax before / after GRPO,
     grouped by how often that fact occurs in the problems GRPO trained on."""
-    from dsrl_jax.demo.task import solution
-
     freq = collections.Counter(f for r in train_records for f in facts(r["problem"]))
     bins = {"0": lambda n: n == 0, "1-4": lambda n: 1 <= n <= 4, "5-14": lambda n: 5 <= n <= 14, ">=15": lambda n: n >= 15}
     rows = {b: {"steps": 0, "right_to_wrong": 0, "wrong_to_right": 0, "dp": []} for b in bins}
@@ -141,9 +138,6 @@ def first_error(response: str, gold: str) -> str:
 
 
 def analyse(workdir: str) -> dict:
-    from dsrl_jax.demo.evaluate import pass_at_1
-    from dsrl_jax.demo.task import solution
-
     tok, models = load_models(workdir)
     with open(os.path.join(workdir, "eval_problems.jsonl")) as f:
         records = [json.loads(line) for line in f]

@@ -47,6 +47,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+
+from configs.demo import get_config  # noqa: E402  (this checkout's, by the path above)
+from dsrl_jax import score  # noqa: E402
+from dsrl_jax.data.pipeline import select_records  # noqa: E402
+from dsrl_jax.demo.run import evaluate_heldout  # noqa: E402
+from dsrl_jax.rl.trainer import Trainer  # noqa: E402
+
 VARIANTS = ("staged", "continued-stage-1", "single-L1", "single-L2", "single-L3", "random")
 DEFAULT_VARIANTS = ("staged", "continued-stage-1", "single-L1", "single-L3", "random")
 PAIRS = (("staged", "continued-stage-1"), ("single-L1", "random"), ("single-L1", "single-L3"),
@@ -89,8 +98,6 @@ def _stages(variant: str, steps: int, base_stages: list[dict]) -> list[dict]:
 
 def _config(variant, seed, steps, reward_workers, init: str, pool_file: str):
     """The demo config for one variant, its warm start and scored pool named by path."""
-    from configs.demo import get_config
-
     c = get_config()
     stages = [dict(s) for s in c.curriculum.stages]
     c.seed, c.data.seed = seed, seed
@@ -113,11 +120,6 @@ def _demo_assets(demo_workdir: str, workdir: str, reward_workers: int, score_k: 
 
     The pool is the demo's RL problems, scored by two proxies named by spec: the warm start
     (an HF directory) and the demo's GRPO result (its training workdir: the latest checkpoint)."""
-    import ml_collections
-
-    from configs.demo import get_config
-    from dsrl_jax import score
-
     for name in ("rl_problems.jsonl", "eval_problems.jsonl", os.path.join("models", "warm-start", "tokenizer.json")):
         if not os.path.exists(os.path.join(demo_workdir, name)):
             raise SystemExit(f"--demo_workdir {demo_workdir}: no {name} (run the demo there first)")
@@ -155,8 +157,6 @@ def pool_summary(records) -> dict:
 def _evaluate(config, spec, eval_records, out_dir):
     """The demo's held-out evaluation (Pass@1 n=4 T=1 and greedy) of the policy `spec`
     names, with evaluation seed 0: the same sampling noise for every policy evaluated."""
-    from dsrl_jax.demo.run import evaluate_heldout
-
     return evaluate_heldout(config, spec, eval_records, os.path.join(out_dir, "evals", "heldout"), seed=0)
 
 
@@ -173,8 +173,6 @@ def _read_curve(workdir: str) -> list[tuple[int, float, str]]:
 
 
 def _one_run(variant, seed, args, assets):
-    from dsrl_jax.rl.trainer import Trainer
-
     base_config, warm_dir, pool_file, records, eval_records = assets
     workdir = os.path.join(args.workdir, variant, f"seed{seed}")
     done = os.path.join(workdir, "result.json")
@@ -196,8 +194,6 @@ def _one_run(variant, seed, args, assets):
         steps = int(trainer.state["step"])
     finally:
         trainer.close()
-    from dsrl_jax.data.pipeline import select_records
-
     stage_sizes = [len(select_records(records, s["data"]["levels"], None)) for s in config.curriculum.stages]
     train_min = (time.perf_counter() - t0) / 60
     after = _evaluate(base_config, workdir, eval_records, workdir)  # its last checkpoint
@@ -347,8 +343,6 @@ def main(argv=None):
         p.error(f"unknown variants {sorted(bad)}; known {VARIANTS}")
     os.makedirs(args.workdir, exist_ok=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    import jax
-
     # Every run compiles the same programs: share them through the persistent cache.
     jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
