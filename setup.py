@@ -1,7 +1,8 @@
 """dsrl_jax: difficulty-aware staged RL for reasoning LLMs, in JAX.
 
-configs/ is installed as the package `dsrl_jax.configs`, so an installed (non-editable)
-package runs `python -m dsrl_jax.main --config=stage2` (dsrl_jax/cli.py resolves names).
+configs/ is installed as the package `configs` beside `dsrl_jax` (the config files import
+`configs.base`, as they do in a checkout), so an installed (non-editable) package runs
+`python -m dsrl_jax.main --config=stage2` (dsrl_jax/cli.py resolves names).
 """
 from setuptools import find_packages, setup
 
@@ -12,8 +13,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",  # jax 0.10.2, flax 0.12.8 and transformers 5 need 3.11
-    packages=find_packages(include=["dsrl_jax", "dsrl_jax.*"]) + ["dsrl_jax.configs"],
-    package_dir={"dsrl_jax.configs": "configs"},
+    packages=find_packages(include=["dsrl_jax", "dsrl_jax.*", "configs"]),
     install_requires=[
         # JAX and Flax move fast; this is the pair the project is tested with.
         "jax==0.10.2",

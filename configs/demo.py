@@ -1,6 +1,7 @@
 """The CPU demo: the whole method in miniature, in minutes, with no downloads.
 
     python -m dsrl_jax.main --config=configs/demo.py [--workdir=runs/demo]
+    python -m dsrl_jax.main --config=configs/demo.py:smoke     # = --config.smoke=True
 
 A tiny Qwen2 (character tokenizer) learns chains of single-digit additions/subtractions
 whose answer goes in \\boxed{} (dsrl_jax/demo/task.py), graded by the real math reward:
@@ -9,7 +10,9 @@ whose answer goes in \\boxed{} (dsrl_jax/demo/task.py), graded by the real math 
   3. GRPO stage 1 on L2 problems with short responses until the reward plateaus (or a
      step cap), then stage 2 on L3 with a longer response limit, truncation masked;
   4. held-out Pass@1 before and after, printed and written to demo_results.json.
-`--config.smoke=True` shrinks everything to a seconds-long run (tests and notebooks).
+`recipe` names the function that runs these phases (dsrl_jax/demo/run.py), each through the
+project's public entry points. The "smoke" variant (`get_config("smoke")`, also selected by
+`--config.smoke=True`) shrinks everything to a seconds-long run (tests and notebooks).
 """
 import ml_collections
 
@@ -36,10 +39,12 @@ def demo_level_rules():
     }
 
 
-def get_config():
+def get_config(variant: str = ""):
+    if variant not in ("", "smoke"):
+        raise ValueError(f"configs/demo.py: unknown variant {variant!r}; known: smoke")
     c = base.get_config()
-    c.task = "demo"
-    c.smoke = False
+    c.recipe = "dsrl_jax.demo.run:run"  # what dsrl_jax.main runs: warm start, scoring, GRPO, eval
+    c.smoke = variant == "smoke"  # set by the variant (`--config.smoke=True` selects it)
     c.seed = 0
     c.total_steps = 200  # an upper bound: the curriculum ends the run
 
@@ -62,9 +67,11 @@ def get_config():
     ))
     c.level_rules = demo_level_rules()
 
-    c.model.init = "demo"  # built in (dsrl_jax.demo.sft.demo_model_config)
+    # GRPO starts from the warm start the recipe writes (a relative spec is under the workdir).
+    c.model.init = "models/warm-start"
     c.model.dtype = "float32"
     c.model.remat = "none"
+    c.model.attention_impl = "plain"
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
 
     c.rollout.batch_prompts = 32
@@ -96,4 +103,25 @@ def get_config():
     c.eval.batch_size = 256
     c.checkpoint.every = 20
     c.checkpoint.export_hf = False
+    if c.smoke:
+        _smoke(c)
     return c
+
+
+def _smoke(c):
+    """Seconds instead of minutes: for tests and notebook fixtures, not for results."""
+    c.demo.update(sft_size=400, rl_size=48, eval_size=24, sft_steps=20, sft_early_steps=10, score_k=2, eval_n=2)
+    c.rollout.batch_prompts, c.rollout.group_size = 4, 4
+    c.train.micro_batch_size = 16
+    c.reward_workers = 1
+    c.checkpoint.every = 2
+    c.eval.every, c.eval.limit = 2, 8
+    # A few supervised steps solve nothing, so levels come from seeded draws here.
+    c.level_rules = {"keep": {"sample": 1.0},
+                     "levels": [{"name": n, "when": {"sample": 0.6}} for n in ("L1", "L2", "L3")]}
+    stages = c.curriculum.stages
+    for stage, steps in zip(stages, (3, 2)):
+        stage["end"]["max_steps"] = steps
+        if stage["end"]["plateau"]:
+            stage["end"]["plateau"].update(window=1, patience=1, min_steps=1)
+    c.curriculum.stages = stages

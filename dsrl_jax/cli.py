@@ -6,24 +6,30 @@ user's mistake reported as one line on stderr with exit status 2, never a traceb
 
 `--config=configs/stage2.py` reads that file from a checkout; where no such file exists (an
 installed package, another working directory), `--config=stage2`, `stage2.py` or
-`configs/stage2.py` name a config packaged with dsrl_jax (`dsrl_jax.configs`). The config
-files import `configs.base`: the checkout holding the file goes on `sys.path`, or else
-`configs` is the packaged copy.
+`configs/stage2.py` name a config of the project's `configs` package. The config files
+import `configs.base`: `configs` is a package like `dsrl_jax` (installed beside it by
+setup.py, or the checkout's directory when the checkout is on the path, as it is when
+running from its root), so nothing is added to `sys.path` here.
+
+`--config.smoke=True` selects the config file's "smoke" variant: it is `--config=FILE:smoke`
+(ml_collections passes "smoke" to `get_config`; configs/demo.py has one).
 
 Errors reported this way: flag parsing (a missing required flag, a bad value), an unknown
 `--config.a.b` override key (with ml_collections' "did you mean" suggestion), a missing
-config file (with the packaged names), and `UsageError`/`ConfigError` raised by `main`.
+config file (with the packaged names), a config file that cannot be imported, and
+`UsageError`/`ConfigError` raised by `main`.
 """
 from __future__ import annotations
 
 import ast
-import importlib
 import importlib.util
 import os
 import sys
 from typing import Callable
 
 from absl import app, flags
+
+from dsrl_jax.validate import ConfigError
 
 _CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXIT_USAGE = 2
@@ -42,14 +48,14 @@ def fail(message: object) -> None:
 
 
 def configs_dir() -> str:
-    """The directory of the project's config files: the checkout's configs/, else the copy
-    installed as the package `dsrl_jax.configs`."""
+    """The directory of the project's config files: the checkout's configs/ (beside this
+    package), else the installed package `configs`."""
     local = os.path.join(_CHECKOUT, "configs")
     if os.path.isfile(os.path.join(local, "base.py")):
         return local
-    spec = importlib.util.find_spec("dsrl_jax.configs")
+    spec = importlib.util.find_spec("configs")
     if spec is None or not spec.submodule_search_locations:
-        raise UsageError("no configs: dsrl_jax.configs is not installed")
+        raise UsageError("no configs: the package `configs` is not installed")
     return list(spec.submodule_search_locations)[0]
 
 
@@ -78,23 +84,26 @@ def resolve_config(value: str) -> str:
     raise UsageError(f"config file not found: {spec} (packaged configs, by name: {known})")
 
 
-def _make_configs_importable(config_file: str) -> None:
-    """`from configs import base` inside a config file: the file's checkout first, else the
-    packaged copy."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(config_file)))
-    if os.path.isfile(os.path.join(root, "configs", "base.py")) and root not in sys.path:
-        sys.path.insert(0, root)
-    if "configs" not in sys.modules and importlib.util.find_spec("configs") is None:
-        sys.modules["configs"] = importlib.import_module("dsrl_jax.configs")
+SMOKE = "smoke"  # the config variant `--config.smoke=True` selects
+
+
+def _smoke_requested(argv: list[str]) -> bool:
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if key == "--config.smoke" and (not sep or value.strip().lower() in ("true", "1")):
+            return True
+    return False
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
-    """argv with `--config=` resolved to a file (raises UsageError when there is none)."""
-    out = list(argv)
+    """argv with `--config=` resolved to a file (raises UsageError when there is none), and
+    the smoke variant appended when `--config.smoke=True` asks for it."""
+    out, smoke = list(argv), _smoke_requested(argv)
     for i, arg in enumerate(out):
         if arg.startswith("--config="):
             path = resolve_config(arg.split("=", 1)[1])
-            _make_configs_importable(path.partition(":")[0])
+            if smoke and ":" not in path:
+                path += f":{SMOKE}"
             out[i] = f"--config={path}"
     return out
 
@@ -118,8 +127,6 @@ def _override_message(argv: list[str], error: Exception) -> str:
 
 def run(main: Callable, argv: list[str] | None = None) -> None:
     """absl's app.run(main) with the config resolution and one-line errors above."""
-    from dsrl_jax.validate import ConfigError
-
     try:
         argv = prepare_argv(sys.argv if argv is None else argv)
     except UsageError as e:
@@ -130,6 +137,9 @@ def run(main: Callable, argv: list[str] | None = None) -> None:
             return flags.FLAGS(args)
         except flags.Error as e:
             fail(f"{e} (see --helpshort)")
+        except ImportError as e:  # a config file's own imports, e.g. `from configs import base`
+            fail(f"cannot load the config file: {e} (run from the checkout's root, put the checkout on "
+                 "PYTHONPATH, or pip install the package)")
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             fail(_override_message(args, e))
 

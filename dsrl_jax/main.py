@@ -7,16 +7,24 @@
 
 Running the same command again resumes from the latest complete checkpoint in --workdir.
 On a TPU pod, run the same command on every worker with --multihost.
+
+A config runs `train` below (one `Trainer`), unless it names another entry function in
+`recipe` ("module:function", called as function(config, workdir)): a multi-phase recipe
+such as the CPU demo's (configs/demo.py), whose phases are public entry points themselves.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Callable
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
-from dsrl_jax import cli, paths
+from dsrl_jax import cli, parallel, paths
+from dsrl_jax.rl.trainer import Trainer
+from dsrl_jax.validate import validate_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (or a packaged config's name).",
                                           lock_config=True)
@@ -27,30 +35,10 @@ flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize (TPU pods
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
-    from absl import logging
-
-    logging.set_verbosity(logging.WARNING)  # orbax and XLA log every checkpoint at INFO
-    config = _CONFIG.value
-    if config is None:
-        raise cli.UsageError("--config is required (e.g. --config=configs/demo.py)")
-    if FLAGS.multihost:
-        from dsrl_jax import parallel
-
-        parallel.initialize_distributed()
-    name = os.path.splitext(os.path.basename(FLAGS["config"].config_filename.partition(":")[0]))[0]
-    workdir = paths.normalize(FLAGS.workdir or os.path.join("runs", name))
-    from dsrl_jax.validate import validate_config
-
-    if config.get("task") == "demo":
-        from dsrl_jax.demo.run import run_demo
-
-        run_demo(config, workdir)
-        return
-    validate_config(config)
-    from dsrl_jax.rl.trainer import Trainer
-
+def train(config, workdir: str) -> None:
+    """GRPO through the config's curriculum in `workdir`; exports an HF checkpoint at the end
+    when `checkpoint.export_hf` is set."""
+    validate_config(config)  # before anything is loaded
     trainer = Trainer(config, workdir)
     try:
         trainer.run()
@@ -58,6 +46,34 @@ def main(argv):
             print(f"exported Hugging Face checkpoint to {trainer.export_hf()}")
     finally:
         trainer.close()
+
+
+def recipe(name: str) -> Callable:
+    """The entry function a config's `recipe` names ("package.module:function")."""
+    module, sep, function = name.partition(":")
+    if not (sep and module and function):
+        raise cli.UsageError(f"config.recipe: {name!r} is not 'module:function'")
+    try:
+        fn = getattr(importlib.import_module(module), function, None)
+    except ImportError as e:
+        raise cli.UsageError(f"config.recipe: cannot import {module!r} ({e})") from None
+    if not callable(fn):
+        raise cli.UsageError(f"config.recipe: {module!r} has no function {function!r}")
+    return fn
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax and XLA log every checkpoint at INFO
+    config = _CONFIG.value
+    if config is None:
+        raise cli.UsageError("--config is required (e.g. --config=configs/demo.py)")
+    if FLAGS.multihost:
+        parallel.initialize_distributed()
+    name = os.path.splitext(os.path.basename(FLAGS["config"].config_filename.partition(":")[0]))[0]
+    workdir = paths.normalize(FLAGS.workdir or os.path.join("runs", name))
+    run = recipe(config.recipe) if config.get("recipe") else train
+    run(config, workdir)
 
 
 if __name__ == "__main__":

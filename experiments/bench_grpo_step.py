@@ -110,16 +110,15 @@ def our_config(model_dir: str, data_path: str, total_steps: int):
 
 def run_ours(model_dir: str, data_path: str, workdir: str, steps: int, warmup: int) -> dict:
     from dsrl_jax.models import hf
-    from dsrl_jax.policy import load_policy
     from dsrl_jax.rl.trainer import Trainer
 
     tokenizer = hf.load_tokenizer(TOKENIZER)
     no_eos = type(tokenizer).from_pretrained(TOKENIZER, eos_token=None)  # no stop ids: always 128 tokens
+    no_eos_dir = workdir.rstrip("/") + "_tokenizer"
+    no_eos.save_pretrained(no_eos_dir)
     config = our_config(model_dir, data_path, warmup + steps)
-    with config.unlocked():
-        config.model.tokenizer = ""
-    policy = load_policy(model_dir, tokenizer=no_eos, dtype=config.model.dtype)
-    trainer = Trainer(config, workdir, policy=policy)
+    config.model.tokenizer = no_eos_dir
+    trainer = Trainer(config, workdir)
     ends, metrics = [time.perf_counter()], []
 
     def on_step(_trainer, _step, m):

@@ -25,6 +25,18 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from dsrl_jax import parallel  # noqa: E402  (this checkout's, by the path above)
+from dsrl_jax.checkpoint import Checkpointer  # noqa: E402
+from dsrl_jax.demo.evaluate import pass_at_1  # noqa: E402
+from dsrl_jax.demo.task import solution  # noqa: E402
+from dsrl_jax.demo.tokenizer import CharTokenizer  # noqa: E402
+from dsrl_jax.models import qwen2  # noqa: E402
+from dsrl_jax.policy import load_policy  # noqa: E402
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 KINDS = ("result", "copy", "sep", "boxed", "eos")
 
@@ -48,38 +60,18 @@ def token_kinds(solution: str) -> list[str]:
 
 
 def load_models(workdir: str):
-    import jax
-
-    from dsrl_jax.checkpoint import Checkpointer, abstract_like
-    from dsrl_jax.demo.sft import demo_model_config
-    from dsrl_jax.demo.tokenizer import CharTokenizer
-    from dsrl_jax.models import hf
-    from dsrl_jax.rl import update
-
-    tok = CharTokenizer()
-    cfg = demo_model_config(tok.vocab_size)
-    _, warm = hf.load_params(os.path.join(workdir, "models", "warm-start"), cfg)
-    with open(os.path.join(workdir, "config.json")) as f:
-        optim = json.load(f)["optim"]
-    import ml_collections
-
-    tx, _ = update.make_optimizer(ml_collections.ConfigDict(optim))
-    target = abstract_like(update.init_state(warm, tx, jax.random.key(0)))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=None, async_save=False)
+    """(tokenizer, {name: policy}): the warm start and the GRPO result, by their specs."""
+    mesh = parallel.make_mesh({"fsdp": 1}, jax.devices()[:1])
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     step = ckpt.latest_step()
-    state, _ = ckpt.restore(step, target)
     ckpt.close()
-    return cfg, tok, {"warm start": warm, f"GRPO (step {step})": jax.device_get(state["params"])}
+    load = lambda spec: load_policy(spec, mesh, dtype="float32", attention_impl="plain")  # noqa: E731
+    return CharTokenizer(), {"warm start": load(os.path.join(workdir, "models", "warm-start")),
+                             f"GRPO (step {step})": load(workdir)}
 
 
 def teacher_forced(cfg, params, tok, records):
     """Per record: (gold token ids' probabilities [L], argmax == gold [L]) over the solution + EOS."""
-    import jax
-    import jax.numpy as jnp
-
-    from dsrl_jax.demo.task import solution
-    from dsrl_jax.models import qwen2
-
     seqs, spans = [], []
     for r in records:
         prompt = tok.format_prompt(r["problem"])
@@ -121,8 +113,6 @@ def result_positions(solution: str) -> list[int]:
 def fact_table(records, tf_before, tf_after, train_records) -> dict:
     """Per held-out step: is the gold result's first digit the argmax before / after GRPO,
     grouped by how often that fact occurs in the problems GRPO trained on."""
-    from dsrl_jax.demo.task import solution
-
     freq = collections.Counter(f for r in train_records for f in facts(r["problem"]))
     bins = {"0": lambda n: n == 0, "1-4": lambda n: 1 <= n <= 4, "5-14": lambda n: 5 <= n <= 14, ">=15": lambda n: n >= 15}
     rows = {b: {"steps": 0, "right_to_wrong": 0, "wrong_to_right": 0, "dp": []} for b in bins}
@@ -148,15 +138,13 @@ def first_error(response: str, gold: str) -> str:
 
 
 def analyse(workdir: str) -> dict:
-    from dsrl_jax.demo.evaluate import demo_policy, pass_at_1
-    from dsrl_jax.demo.task import solution
-
-    cfg, tok, models = load_models(workdir)
+    tok, models = load_models(workdir)
     with open(os.path.join(workdir, "eval_problems.jsonl")) as f:
         records = [json.loads(line) for line in f]
     out, tfs = {}, {}
-    for name, params in models.items():
-        greedy = pass_at_1(demo_policy(cfg, params, tok), records, greedy=True, max_new_tokens=64)
+    for name, policy in models.items():
+        cfg, params = policy.cfg, policy.params
+        greedy = pass_at_1(policy, records, greedy=True, max_new_tokens=64)
         scores = [1.0 if r == solution(rec) else None for r, rec in zip(greedy.responses, records)]
         errors = collections.Counter(first_error(r, solution(rec)) for r, rec, s in
                                      zip(greedy.responses, records, scores) if s is None)

@@ -4,8 +4,9 @@
         [--variants staged,continued-stage-1,single-L1,single-L3,random] [--workdir /tmp/toy_curriculum]
 
 --demo_workdir is a finished demo run (python -m dsrl_jax.main --config=configs/demo.py):
-its warm start is the policy every variant starts from, its held-out split is the test
-set, and its GRPO result is the "strong" proxy. The demo's own levels barely select (with
+its warm start (models/warm-start) is the policy every variant starts from, its held-out
+split (eval_problems.jsonl) is the test set, and its GRPO result (the workdir itself, a
+policy spec) is the "strong" proxy. The demo's own levels barely select (with
 its weak step-300 proxy, L2 holds 343 of 348 kept problems), so here the RL pool (the
 demo's 512 RL problems, 1-5 steps) is rescored with k=8 samples at T=1 by two proxies in
 the paper's roles: "policy" = the warm
@@ -45,6 +46,15 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+
+from configs.demo import get_config  # noqa: E402  (this checkout's, by the path above)
+from dsrl_jax import score  # noqa: E402
+from dsrl_jax.data.pipeline import select_records  # noqa: E402
+from dsrl_jax.demo.run import evaluate_heldout  # noqa: E402
+from dsrl_jax.rl.trainer import Trainer  # noqa: E402
 
 VARIANTS = ("staged", "continued-stage-1", "single-L1", "single-L2", "single-L3", "random")
 DEFAULT_VARIANTS = ("staged", "continued-stage-1", "single-L1", "single-L3", "random")
@@ -86,89 +96,52 @@ def _stages(variant: str, steps: int, base_stages: list[dict]) -> list[dict]:
     return [s1]
 
 
-def _config(variant, seed, steps, reward_workers):
-    from configs.demo import get_config
-
+def _config(variant, seed, steps, reward_workers, init: str, pool_file: str):
+    """The demo config for one variant, its warm start and scored pool named by path."""
     c = get_config()
     stages = [dict(s) for s in c.curriculum.stages]
-    with c.unlocked():
-        c.seed, c.data.seed = seed, seed
-        c.total_steps = steps
-        c.curriculum.stages = _stages(variant, steps, stages)
-        c.eval.every = 0  # held-out evaluation happens before and after, here
-        c.eval.benchmarks = ""
-        c.checkpoint.every = 10 ** 6  # only the final save (the trainer always makes one)
-        c.checkpoint.keep = 1
-        c.log.tensorboard = False
-        c.log.progress = False
-        c.reward_workers = reward_workers
+    c.seed, c.data.seed = seed, seed
+    c.total_steps = steps
+    c.model.init = init
+    c.data.sources = [{"path": pool_file}]
+    c.curriculum.stages = _stages(variant, steps, stages)
+    c.eval.every = 0  # held-out evaluation happens before and after, here
+    c.eval.benchmarks = ""
+    c.checkpoint.every = 10 ** 6  # only the final save (the trainer always makes one)
+    c.checkpoint.keep = 1
+    c.log.tensorboard = False
+    c.log.progress = False
+    c.reward_workers = reward_workers
     return c
 
 
-def _strong_model_dir(demo_workdir: str, cfg, warm, out_dir: str) -> str:
-    """The demo run's GRPO result (its latest checkpoint) as an HF directory, the strong proxy."""
-    import jax
-    import ml_collections
-
-    from dsrl_jax.checkpoint import Checkpointer, abstract_like
-    from dsrl_jax.models import hf
-    from dsrl_jax.rl import update
-
-    if os.path.exists(os.path.join(out_dir, "config.json")):
-        return out_dir
-    with open(os.path.join(demo_workdir, "config.json")) as f:
-        optim = ml_collections.ConfigDict(json.load(f)["optim"])
-    tx, _ = update.make_optimizer(optim)
-    ckpt = Checkpointer(os.path.join(demo_workdir, "checkpoints"), keep=None, async_save=False)
-    step = ckpt.latest_step()
-    if step is None:
-        raise SystemExit(f"--demo_workdir {demo_workdir}: no GRPO checkpoint (run the demo there first)")
-    state, _ = ckpt.restore(step, abstract_like(update.init_state(warm, tx, jax.random.key(0))))
-    ckpt.close()
-    hf.save_params(out_dir, cfg, jax.device_get(state["params"]))
-    print(f"strong proxy: the demo's GRPO result at step {step} -> {out_dir}")
-    return out_dir
-
-
 def _demo_assets(demo_workdir: str, workdir: str, reward_workers: int, score_k: int):
-    """(demo config, model cfg, tokenizer, warm-start params, scored pool, eval records)."""
-    import ml_collections
+    """(demo config, warm-start model dir, scored pool file, its records, eval records).
 
-    from configs.demo import get_config
-    from dsrl_jax import score
-    from dsrl_jax.demo.sft import demo_model_config
-    from dsrl_jax.demo.task import make_splits
-    from dsrl_jax.demo.tokenizer import CharTokenizer
-    from dsrl_jax.models import hf
-
+    The pool is the demo's RL problems, scored by two proxies named by spec: the warm start
+    (an HF directory) and the demo's GRPO result (its training workdir: the latest checkpoint)."""
+    for name in ("rl_problems.jsonl", "eval_problems.jsonl", os.path.join("models", "warm-start", "tokenizer.json")):
+        if not os.path.exists(os.path.join(demo_workdir, name)):
+            raise SystemExit(f"--demo_workdir {demo_workdir}: no {name} (run the demo there first)")
     config = get_config()
-    with open(os.path.join(demo_workdir, "config.json")) as f:
-        demo_seed = json.load(f)["seed"]
-    with config.unlocked():
-        config.reward_workers, config.seed = reward_workers, demo_seed
-    d, tok = config.demo, CharTokenizer()
-    cfg = demo_model_config(tok.vocab_size, scan_layers=config.model.scan_layers)
+    config.reward_workers = reward_workers
     warm_dir = os.path.join(demo_workdir, "models", "warm-start")
-    _, warm = hf.load_params(warm_dir, cfg)
     with open(os.path.join(demo_workdir, "eval_problems.jsonl")) as f:
         eval_records = [json.loads(line) for line in f if line.strip()]
     scored = os.path.join(workdir, "scored", "pool.jsonl")
     if os.path.exists(scored):
         with open(scored) as f:
-            return config, cfg, tok, warm, [json.loads(line) for line in f if line.strip()], eval_records
-    strong_dir = _strong_model_dir(demo_workdir, cfg, warm, os.path.join(workdir, "models", "strong"))
-    rl = make_splits({"eval": d.eval_size, "sft": d.sft_size, "rl": d.rl_size}, seed=demo_seed)["rl"]
-    dirs = {"policy": warm_dir, "strong": strong_dir}
-    proxy = lambda name: dict(name=name, model=dirs[name], tokenizer=None, k=score_k, max_new_tokens=64,  # noqa: E731
+            return config, warm_dir, scored, [json.loads(line) for line in f if line.strip()], eval_records
+    specs = {"policy": warm_dir, "strong": demo_workdir}
+    proxy = lambda name: dict(name=name, model=specs[name], tokenizer=None, k=score_k, max_new_tokens=64,  # noqa: E731
                               temperature=1.0, top_p=1.0, top_k=0, batch_size=256, max_prompt_len=64,
                               dtype="float32")
     sc = ml_collections.ConfigDict(dict(
-        proxies=[proxy(p) for p in PROXIES], only_proxies="", pass_rates_file="", output=scored, progress="",
-        prompt_mode="plain", rewards=config.rewards.to_dict(), reward_workers=reward_workers,
-        level_rules=toy_level_rules(), level_seed=0, seed=0))
-    records = score.run(sc, records=rl, tokenizers={p: tok for p in dirs.values()},
-                        prompt_fn=lambda record, t: t.format_prompt(record["problem"]))
-    return config, cfg, tok, warm, records, eval_records
+        sources=[{"path": os.path.join(demo_workdir, "rl_problems.jsonl")}], proxies=[proxy(p) for p in PROXIES],
+        only_proxies="", pass_rates_file="", mesh={"fsdp": 1}, sharding_rules=config.sharding_rules.to_dict(),
+        output=scored, progress="", prompt_mode="auto", rewards=config.rewards.to_dict(),
+        reward_workers=reward_workers, level_rules=toy_level_rules(), level_seed=0, seed=0))
+    return config, warm_dir, scored, score.run(sc), eval_records
 
 
 def pool_summary(records) -> dict:
@@ -181,16 +154,10 @@ def pool_summary(records) -> dict:
     return out
 
 
-def _evaluate(config, cfg, params, tok, eval_records, pool, out_dir):
-    """The demo's held-out evaluation (Pass@1 n=4 T=1 and greedy), with evaluation seed 0."""
-    from dsrl_jax.demo import run as demo_run
-    from dsrl_jax.demo.evaluate import demo_policy
-
-    c = copy.deepcopy(config)
-    with c.unlocked():
-        c.seed = 0  # the same sampling noise for every policy evaluated
-    res = demo_run._evaluate(demo_policy(cfg, params, tok), eval_records, c, pool, out_dir, "heldout")
-    return {k: res[k] for k in ("pass@1", "greedy_accuracy", "by_difficulty")}
+def _evaluate(config, spec, eval_records, out_dir):
+    """The demo's held-out evaluation (Pass@1 n=4 T=1 and greedy) of the policy `spec`
+    names, with evaluation seed 0: the same sampling noise for every policy evaluated."""
+    return evaluate_heldout(config, spec, eval_records, os.path.join(out_dir, "evals", "heldout"), seed=0)
 
 
 def _read_curve(workdir: str) -> list[tuple[int, float, str]]:
@@ -205,13 +172,8 @@ def _read_curve(workdir: str) -> list[tuple[int, float, str]]:
     return out
 
 
-def _one_run(variant, seed, args, assets, pool):
-    import jax
-
-    from dsrl_jax.demo.evaluate import demo_policy
-    from dsrl_jax.rl.trainer import Trainer
-
-    base_config, cfg, tok, params, records, eval_records = assets
+def _one_run(variant, seed, args, assets):
+    base_config, warm_dir, pool_file, records, eval_records = assets
     workdir = os.path.join(args.workdir, variant, f"seed{seed}")
     done = os.path.join(workdir, "result.json")
     if os.path.exists(done):
@@ -224,22 +186,17 @@ def _one_run(variant, seed, args, assets, pool):
         import shutil
 
         shutil.rmtree(workdir)
-    config = _config(variant, seed, args.steps, args.reward_workers)
+    config = _config(variant, seed, args.steps, args.reward_workers, warm_dir, pool_file)
     t0 = time.perf_counter()
-    # A host copy per run: the trainer donates its parameter buffers to the update step.
-    warm = jax.tree.map(lambda x: np.array(x, copy=True), params)
-    trainer = Trainer(config, workdir, records=records, policy=demo_policy(cfg, warm, tok))
+    trainer = Trainer(config, workdir)
     try:
         trainer.run()
-        final = jax.device_get(trainer.state["params"])
         steps = int(trainer.state["step"])
     finally:
         trainer.close()
-    from dsrl_jax.data.pipeline import select_records
-
     stage_sizes = [len(select_records(records, s["data"]["levels"], None)) for s in config.curriculum.stages]
     train_min = (time.perf_counter() - t0) / 60
-    after = _evaluate(base_config, cfg, final, tok, eval_records, pool, workdir)
+    after = _evaluate(base_config, workdir, eval_records, workdir)  # its last checkpoint
     curve = _read_curve(workdir)
     switch_step = next((st for st, _, name in curve if name == "stage2"), None)
     res = {"variant": variant, "seed": seed, "steps": steps, "steps_budget": args.steps,
@@ -386,36 +343,31 @@ def main(argv=None):
         p.error(f"unknown variants {sorted(bad)}; known {VARIANTS}")
     os.makedirs(args.workdir, exist_ok=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    import jax
-
     # Every run compiles the same programs: share them through the persistent cache.
     jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
-    from dsrl_jax.rewards import RewardPool
-
     t0 = time.perf_counter()
     assets = _demo_assets(args.demo_workdir, args.workdir, args.reward_workers, args.score_k)
-    config, cfg, tok, params, records, eval_records = assets
+    config, warm_dir, _, records, eval_records = assets
     pool_info = pool_summary(records)
     print(f"pool: {pool_info}", flush=True)
     runs = []
-    with RewardPool(config.rewards.to_dict(), num_workers=args.reward_workers) as pool:
-        before_file = os.path.join(args.workdir, "before.json")
-        if os.path.exists(before_file):
-            with open(before_file) as f:
-                before = json.load(f)
-        else:
-            before = _evaluate(config, cfg, params, tok, eval_records, pool, os.path.join(args.workdir, "before"))
-            with open(before_file, "w") as f:
-                json.dump(before, f, indent=2)
-        print(f"warm start: held-out Pass@1 {before['pass@1']:.3f}, greedy {before['greedy_accuracy']:.3f}", flush=True)
-        for seed in seeds:  # seeds outermost: an interrupted sweep has every variant at some seeds
-            for v in variants:
-                res = _one_run(v, seed, args, assets, pool)
-                res["curve"] = _read_curve(os.path.join(args.workdir, v, f"seed{seed}"))
-                runs.append(res)
-                _write(args, before, runs, variants, seeds, records, eval_records, pool_info, t0, final=False)
+    before_file = os.path.join(args.workdir, "before.json")
+    if os.path.exists(before_file):
+        with open(before_file) as f:
+            before = json.load(f)
+    else:
+        before = _evaluate(config, warm_dir, eval_records, os.path.join(args.workdir, "before"))
+        with open(before_file, "w") as f:
+            json.dump(before, f, indent=2)
+    print(f"warm start: held-out Pass@1 {before['pass@1']:.3f}, greedy {before['greedy_accuracy']:.3f}", flush=True)
+    for seed in seeds:  # seeds outermost: an interrupted sweep has every variant at some seeds
+        for v in variants:
+            res = _one_run(v, seed, args, assets)
+            res["curve"] = _read_curve(os.path.join(args.workdir, v, f"seed{seed}"))
+            runs.append(res)
+            _write(args, before, runs, variants, seeds, records, eval_records, pool_info, t0, final=False)
     _write(args, before, runs, variants, seeds, records, eval_records, pool_info, t0, final=True)
 
 

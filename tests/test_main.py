@@ -120,3 +120,32 @@ def test_cli_rejects_bad_config_fast(tmp_path, data_file, case):
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was started
     assert "policy " not in proc.stdout  # rejected before the model was loaded (load_policy reports it)
+
+
+# ------------------------------------------------------------------ recipes and variants
+def test_recipe_names_an_entry_function():
+    from dsrl_jax import cli, main
+    from dsrl_jax.demo import run as demo_run
+
+    assert main.recipe("dsrl_jax.demo.run:run") is demo_run.run
+    for bad, text in (("dsrl_jax.demo.run", "not 'module:function'"), ("no_such_module:run", "cannot import"),
+                      ("dsrl_jax.demo.run:nope", "no function 'nope'")):
+        with pytest.raises(cli.UsageError, match=text):
+            main.recipe(bad)
+
+
+def test_smoke_flag_selects_the_smoke_variant_without_touching_sys_path():
+    from configs import demo
+    from dsrl_jax import cli
+
+    path = sys.path[:]
+    argv = cli.prepare_argv(["main", "--config=configs/demo.py", "--config.smoke=True"])
+    assert argv[1].endswith("demo.py:smoke") and argv[2] == "--config.smoke=True"
+    assert cli.prepare_argv(["main", "--config=configs/demo.py", "--config.smoke=False"])[1].endswith("demo.py")
+    assert sys.path == path
+    full, smoke = demo.get_config(), demo.get_config("smoke")
+    assert (full.smoke, smoke.smoke) == (False, True)
+    assert smoke.demo.sft_steps < full.demo.sft_steps and smoke.rollout.batch_prompts < full.rollout.batch_prompts
+    assert full.recipe == smoke.recipe == "dsrl_jax.demo.run:run"
+    with pytest.raises(ValueError, match="unknown variant"):
+        demo.get_config("large")

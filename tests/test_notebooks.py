@@ -52,14 +52,18 @@ CELL_TIMEOUT_S = 120
 def make_training_run(root: str) -> None:
     """A real 2-stage GRPO run (8 steps) with periodic evals, and evals at two steps."""
     from configs import base
-    from dsrl_jax.demo import CharTokenizer, demo_model_config, demo_policy, make_split
+    from dsrl_jax.demo import CharTokenizer, demo_model_config, make_split, save_model
     from dsrl_jax.evaluate import evaluate_policy
     from dsrl_jax.models import qwen2
     from dsrl_jax.rl.trainer import Trainer
 
     tok = CharTokenizer()
     cfg = demo_model_config(tok.vocab_size)
+    model_dir = save_model(os.path.join(root, "init_model"), cfg, qwen2.init_params(cfg, 0))
     records = make_split(24, seed=0, difficulties=(1, 2, 3))
+    records_path = os.path.join(root, "train_problems.jsonl")
+    with open(records_path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
     eval_records = make_split(6, seed=5, difficulties=(1, 3), prefix="ev")
     eval_path = os.path.join(root, "eval_problems.jsonl")
     with open(eval_path, "w", encoding="utf-8") as f:
@@ -67,7 +71,8 @@ def make_training_run(root: str) -> None:
 
     c = base.get_config()
     c.total_steps = 8
-    c.model.update(dtype="float32", remat="none")
+    c.model.update(init=model_dir, dtype="float32", remat="none", attention_impl="plain")
+    c.data.sources = [{"path": records_path}]
     c.mesh.fsdp = 1
     c.rollout.update(batch_prompts=4, group_size=4, cache_dtype="float32")
     c.train.micro_batch_size = 16
@@ -90,8 +95,7 @@ def make_training_run(root: str) -> None:
                             sampler=trainer.sampler, pool=trainer.pool,
                             workdir=os.path.join(root, "evals", f"step_{step}"))
 
-    trainer = Trainer(c, os.path.join(root, "train"), records=records,
-                      policy=demo_policy(cfg, qwen2.init_params(cfg, 0), tok))
+    trainer = Trainer(c, os.path.join(root, "train"))
     try:
         trainer.run(on_step=eval_checkpoint)
     finally:
@@ -106,14 +110,16 @@ def make_scored_dataset(root: str) -> None:
 
     from configs import score as score_config
     from dsrl_jax import score
-    from dsrl_jax.demo import CharTokenizer, demo_model_config, make_split
-    from dsrl_jax.models import hf, qwen2
+    from dsrl_jax.demo import CharTokenizer, demo_model_config, make_split, save_model
+    from dsrl_jax.models import qwen2
 
     tok = CharTokenizer()
     cfg = demo_model_config(tok.vocab_size)
-    model_dir = os.path.join(root, "tiny_proxy")
-    hf.save_params(model_dir, cfg, qwen2.init_params(cfg, 0))
+    model_dir = save_model(os.path.join(root, "tiny_proxy"), cfg, qwen2.init_params(cfg, 0))
     records = make_split(40, seed=3, difficulties=(1, 2, 3, 4, 5), prefix="p")
+    records_path = os.path.join(root, "problems.jsonl")
+    with open(records_path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
     rng = np.random.default_rng(0)
     rates_path = os.path.join(root, "external_pass_rates.jsonl")
     with open(rates_path, "w", encoding="utf-8") as f:
@@ -129,8 +135,10 @@ def make_scored_dataset(root: str) -> None:
                                     max_prompt_len=32, dtype="float32")]
     c.pass_rates_file = rates_path
     c.output = os.path.join(root, "scored", "problems.jsonl")
+    c.sources = [{"path": records_path}]
+    c.decontaminate.against = ""  # synthetic problems: no benchmark to check them against
     c.reward_workers = 0
-    score.run(c, records=records, tokenizer=tok, prompt_fn=lambda r: tok.format_prompt(r["problem"]))
+    score.run(c)
 
 
 FIXTURE_PARTS = {"train": make_training_run, "scored": make_scored_dataset}

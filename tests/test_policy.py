@@ -168,7 +168,9 @@ def test_same_completion_gets_the_same_reward_in_training_scoring_and_evaluation
     c.train.micro_batch_size = 8
     c.reward_workers, c.log.tensorboard, c.log.progress = 1, False, False
     c.curriculum.stages = [dict(name="s", max_response_len=64, max_prompt_len=256)]
-    trainer = Trainer(c, str(tmp_path / "train"), records=[record])
+    (tmp_path / "problem.jsonl").write_text(json.dumps(record) + "\n")
+    c.data.sources = [{"path": str(tmp_path / "problem.jsonl")}]
+    trainer = Trainer(c, str(tmp_path / "train"))
     try:
         groups, _ = trainer._rollout(trainer.curriculum.stage, jax.random.key(0), Timer())
     finally:

@@ -1,4 +1,7 @@
-"""Held-out Pass@1 of a demo policy, graded by the project's real math reward.
+"""Held-out Pass@1 of a policy on the demo's problems, graded by the project's real math reward.
+
+    policy = load_policy(save_model(dir, cfg, params), mesh)    # a demo model, by its directory
+    print(pass_at_1(policy, records, n=4).by_difficulty)
 
 Pass@1 is the mean score over `n` samples per problem (the paper's "Pass@1 averaged over
 k samples"), reported overall and per difficulty. Greedy decoding (n = 1) gives the
@@ -18,7 +21,6 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from dsrl_jax import parallel
 from dsrl_jax.policy import Policy, rollout
 from dsrl_jax.rewards import RewardPool
 from dsrl_jax.sampling import Sampler
@@ -33,13 +35,6 @@ class EvalResult:
 
     def __float__(self) -> float:
         return self.pass_at_1
-
-
-def demo_policy(cfg, params, tokenizer, mesh=None) -> Policy:
-    """The demo's policy: its character tokenizer, plain prompts, EOS as the only stop."""
-    mesh = mesh or parallel.make_mesh({"fsdp": 1}, jax.devices()[:1])
-    return Policy(cfg, params, tokenizer, (tokenizer.eos_token_id,), lambda r: tokenizer.format_prompt(r["problem"]),
-                  mesh, spec="demo")
 
 
 def pass_at_1(policy: Policy, records: Sequence[dict], *, n: int = 4, temperature: float = 1.0,

@@ -18,7 +18,8 @@ import numpy as np
 import optax
 
 from dsrl_jax.demo.task import solution
-from dsrl_jax.models import qwen2
+from dsrl_jax.demo.tokenizer import CharTokenizer
+from dsrl_jax.models import hf, qwen2
 from dsrl_jax.models.config import Qwen2Config
 
 
@@ -35,6 +36,18 @@ def demo_model_config(vocab_size: int, *, bos_token_id: int = 1, eos_token_id: i
                 bos_token_id=bos_token_id, eos_token_id=eos_token_id, dtype="float32",
                 param_dtype="float32", attention_impl="plain")
     return Qwen2Config(**{**base, **overrides})
+
+
+def save_model(out_dir: str, cfg: Qwen2Config, params, tokenizer: CharTokenizer | None = None) -> str:
+    """A demo model as a Hugging Face checkpoint directory (config.json, safetensors,
+    generation_config.json and the character tokenizer's files): a policy spec that
+    `load_policy`, `model.init`, a scoring proxy and `dsrl_jax.evaluate` all take by name.
+    `out_dir` is local; with several processes each calls this and process 0 writes.
+    Returns `out_dir`."""
+    hf.save_params(out_dir, cfg, params)
+    if jax.process_index() == 0:
+        (tokenizer or CharTokenizer()).save_pretrained(out_dir)
+    return out_dir
 
 
 def sft_batch(tokenizer, records: Sequence[dict], length: int | None = None):

@@ -3,12 +3,19 @@
 Every printable ASCII character is one token, so any prompt text the generic code builds
 (including the math instruction of dsrl_jax/data/prompts.py) encodes; anything else raises
 a ValueError naming the character rather than silently mapping it to an unknown id. The
-interface is the subset of a Hugging Face tokenizer that the project's generic code uses
-(`encode`, `decode`, `__call__`, the special-token ids, `vocab_size`), so the trainer,
-sampler and evaluator need no demo-specific branches.
+interface is the subset of a Hugging Face tokenizer that the supervised warm start uses
+(`encode`, `decode`, `__call__`, the special-token ids, `vocab_size`).
+
+`save_pretrained(dir)` writes the same tokenizer as Hugging Face files (a `tokenizers`
+model with one token per character and no merges, whose chat template is the demo's
+prompt), so a demo model directory is an ordinary policy spec: `load_policy(dir)` and every
+entry point that takes a model (training, scoring, evaluation) load it through
+`AutoTokenizer` with the same ids, the same decoded text and the same prompts
+(tests/demo/test_tokenizer.py checks all three).
 """
 from __future__ import annotations
 
+import os
 import string
 from collections.abc import Iterable
 
@@ -18,6 +25,12 @@ CHARS = string.digits + string.ascii_letters + string.punctuation + " \n"
 
 # The demo's prompt ends with this separator; the model's answer follows it.
 PROMPT_SEPARATOR = "="
+# `format_prompt` as a chat template: BOS, the problem, "=". The generic prompt builder
+# (dsrl_jax/data/prompts.py) puts the problem on the user message's first line and the
+# boxed-answer instruction after it; the demo's model is trained without the instruction,
+# so the template keeps the first line only.
+CHAT_TEMPLATE = ("{{ bos_token }}{{ (messages | selectattr('role', 'equalto', 'user') | list | last)['content']"
+                 ".split('\\n')[0] | trim }}" + PROMPT_SEPARATOR)
 
 
 class CharTokenizer:
@@ -77,3 +90,21 @@ class CharTokenizer:
     def format_prompt(self, problem_text: str) -> list[int]:
         """The demo's prompt: BOS, the problem, then "=" (short prompts keep the demo fast)."""
         return [self.bos_token_id] + self.encode(problem_text.strip() + PROMPT_SEPARATOR)
+
+    def save_pretrained(self, directory: str) -> None:
+        """This tokenizer as Hugging Face files in `directory` (AutoTokenizer loads them)."""
+        from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {token: i for i, token in enumerate(SPECIALS)}
+        vocab.update(self._id)
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))  # no merges: one token per character
+        backend.decoder = decoders.Fuse()  # decoded text is the characters, concatenated
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+        backend.post_processor = processors.TemplateProcessing(  # add_special_tokens=True: BOS first
+            single=f"{self.bos_token} $A", special_tokens=[(self.bos_token, self.bos_token_id)])
+        hf_tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend, pad_token=self.pad_token, bos_token=self.bos_token, eos_token=self.eos_token,
+            clean_up_tokenization_spaces=False, chat_template=CHAT_TEMPLATE)
+        os.makedirs(directory, exist_ok=True)
+        hf_tokenizer.save_pretrained(directory)

@@ -18,7 +18,6 @@ checkpoint and continues bit-for-bit (RNG, data order and curriculum state are s
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import time
 from typing import Callable
@@ -35,8 +34,8 @@ from dsrl_jax.checkpoint import Checkpointer, abstract_like
 from dsrl_jax.data import decontaminate
 from dsrl_jax.data.pipeline import PromptPipeline
 from dsrl_jax.metrics import MetricsWriter, Timer
-from dsrl_jax.models import hf, qwen2
-from dsrl_jax.policy import Policy, load_policy
+from dsrl_jax.models import hf
+from dsrl_jax.policy import load_policy
 from dsrl_jax.rewards import RewardPool
 from dsrl_jax.rl import rollout, update
 from dsrl_jax.rl.curriculum import Curriculum, continue_from
@@ -52,31 +51,24 @@ def _merged(base: ml_collections.ConfigDict, overrides) -> ml_collections.Config
 
 
 class Trainer:
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, records: list[dict] | None = None,
-                 policy: Policy | None = None):
-        """`records` replace the config's data sources and `policy` the one `config.model`
-        names (the demo passes its synthetic problems and its warm-started policy)."""
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        """The run `config` describes in `workdir`: its policy is the spec `config.model.init`
+        names and its problems are `config.data.sources`."""
         from dsrl_jax.validate import validate_config
 
-        validate_config(config, check_files=records is None)
+        validate_config(config)
         self.config, self.workdir = config, paths.normalize(workdir)  # local or a URL (gs://...)
         paths.makedirs(self.workdir)
         self.rules = config.sharding_rules.to_dict()
         self.mesh = parallel.make_mesh(config.mesh.to_dict())
-        if policy is None:
-            m = config.model
-            policy = load_policy(m.init, self.mesh, self.rules, tokenizer=m.tokenizer or None,
-                                 prompt_mode=config.data.prompt_mode, plain_template=config.data.plain_template,
-                                 dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat=m.remat,
-                                 attention_impl=m.attention_impl)
-        else:  # the caller's parameters, placed on this mesh
-            shardings = parallel.param_shardings(qwen2.logical_axes(policy.cfg), qwen2.abstract_params(policy.cfg),
-                                                 self.mesh, self.rules)
-            params = jax.tree.map(lambda x, sh: parallel.to_global(np.asarray(x), sh), policy.params, shardings)
-            policy = dataclasses.replace(policy, params=params, mesh=self.mesh, rules=self.rules)
+        m = config.model
+        policy = load_policy(m.init, self.mesh, self.rules, tokenizer=m.tokenizer or None,
+                             prompt_mode=config.data.prompt_mode, plain_template=config.data.plain_template,
+                             dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat=m.remat,
+                             attention_impl=m.attention_impl)
         self.policy, self.cfg, self.tokenizer = policy, policy.cfg, policy.tokenizer
         params = policy.params
-        self.records = records if records is not None else self._load_records()
+        self.records = self._load_records()
         self.curriculum = Curriculum(config.curriculum.stages)
         self.tx, self.schedule = update.make_optimizer(config.optim)
         state = update.init_state(params, self.tx, jax.random.key(config.seed))

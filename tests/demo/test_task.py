@@ -6,9 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from dsrl_jax.demo import CharTokenizer, demo_model_config, warm_start
+from dsrl_jax import parallel
+from dsrl_jax.demo import CharTokenizer, demo_model_config, pass_at_1, save_model, warm_start
 from dsrl_jax.demo.sft import sft_batch, sft_loss
 from dsrl_jax.demo.task import MAX_TOTAL, make_split, make_splits, solution
+from dsrl_jax.policy import load_policy
 from dsrl_jax.models import qwen2
 from dsrl_jax.rewards import parse_reward_config, score_record
 
@@ -79,12 +81,13 @@ def test_short_warm_start_lowers_loss_and_is_deterministic():
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_pass_at_1_reports_overall_and_per_difficulty():
+def test_pass_at_1_reports_overall_and_per_difficulty(tmp_path):
     tok = CharTokenizer()
     cfg = demo_model_config(tok.vocab_size)
     records = make_split(4, 0, (1, 2))
-    from dsrl_jax.demo import demo_policy, pass_at_1
-
-    res = pass_at_1(demo_policy(cfg, qwen2.init_params(cfg, 0), tok), records, n=2, max_new_tokens=8, seed=0)
+    model_dir = save_model(str(tmp_path / "model"), cfg, qwen2.init_params(cfg, 0))
+    policy = load_policy(model_dir, parallel.make_mesh({"fsdp": 1}, jax.devices()[:1]), dtype="float32",
+                         attention_impl="plain")
+    res = pass_at_1(policy, records, n=2, max_new_tokens=8, seed=0)
     assert 0.0 <= float(res) <= 1.0 and set(res.by_difficulty) == {1, 2}
     assert len(res.responses) == 8

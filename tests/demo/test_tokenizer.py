@@ -40,3 +40,33 @@ def test_errors():
         tok.encode("1+é")
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tok.decode([tok.vocab_size])
+
+
+def test_saved_hugging_face_tokenizer_matches(tmp_path):
+    """save_pretrained's files, loaded the way every policy spec's tokenizer is
+    (AutoTokenizer), give the same ids, text and prompts as CharTokenizer."""
+    import numpy as np
+
+    from dsrl_jax.data.prompts import format_prompt
+    from dsrl_jax.models import hf
+    from dsrl_jax.policy import default_stop_ids
+    from dsrl_jax.demo.sft import demo_model_config
+
+    tok = CharTokenizer()
+    tok.save_pretrained(str(tmp_path))
+    loaded = hf.load_tokenizer(str(tmp_path))
+    assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id) == (0, 1, 2)
+    assert len(loaded) == tok.vocab_size
+    texts = [solution(r) for r in make_split(30, 0)] + [MATH_INSTRUCTION, "a\nb (1,2); x*y.  \\boxed{3}"]
+    for text in texts:
+        assert loaded(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
+        assert loaded.encode(text, add_special_tokens=True) == tok.encode(text, add_special_tokens=True)
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # what the sampler may produce, special tokens anywhere included
+        ids = rng.integers(0, tok.vocab_size, size=int(rng.integers(0, 40))).tolist()
+        for skip in (True, False):
+            assert loaded.decode(ids, skip_special_tokens=skip) == tok.decode(ids, skip_special_tokens=skip)
+    for record in make_split(50, 1):  # the generic prompt builder, through the chat template
+        assert format_prompt(record, loaded, "auto") == tok.format_prompt(record["problem"])
+    cfg = demo_model_config(tok.vocab_size)
+    assert default_stop_ids(cfg, loaded) == (tok.eos_token_id,)

@@ -1,5 +1,6 @@
 """Curriculum stages: plateau and max_steps end rules, resume mid-stage, validation."""
 import json
+import os
 import random
 
 import pytest
@@ -149,18 +150,20 @@ def _small(c, stages, total_steps):
 
 
 def _trainer(c, workdir, model):
-    import jax
-    import numpy as np
-
-    from dsrl_jax.demo.evaluate import demo_policy
+    """A Trainer on `model` (cfg, params) and 16 levelled demo problems, both named in `c`."""
+    from dsrl_jax.demo import save_model
     from dsrl_jax.demo.task import make_split
-    from dsrl_jax.demo.tokenizer import CharTokenizer
     from dsrl_jax.rl.trainer import Trainer
 
     records = [{**r, "levels": ["L2", "L3"]} for r in make_split(16, seed=0, difficulties=(1, 2))]
-    tok = CharTokenizer()
-    params = jax.tree.map(np.array, model[1])  # host copies: the trainer donates its buffers
-    return Trainer(c, str(workdir), records=records, policy=demo_policy(model[0], params, tok))
+    inputs = f"{workdir}_inputs"
+    model_dir = save_model(os.path.join(inputs, "model"), *model)
+    with open(os.path.join(inputs, "problems.jsonl"), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    with c.unlocked():
+        c.model.update(init=model_dir, remat="none")
+        c.data.sources = [{"path": os.path.join(inputs, "problems.jsonl")}]
+    return Trainer(c, str(workdir))
 
 
 @pytest.mark.slow

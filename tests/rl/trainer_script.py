@@ -19,6 +19,7 @@ advantages: the policy-gradient path is exercised, not only the KL/entropy terms
 reward workers are spawned processes, which import this file as `__mp_main__` and so see
 the registration too.
 """
+import json
 import os
 import sys
 
@@ -42,7 +43,7 @@ def make_config(steps: int, mesh: dict | None = None, micro_batch: int = 2):
     c = base.get_config()
     c.seed = 3
     c.total_steps = steps
-    c.model.init = "preset:tiny"  # the model itself is passed to the Trainer
+    c.model.init = "preset:tiny"  # main() names the model it saves instead
     c.model.dtype = "float32"
     c.mesh.update(mesh or {"fsdp": 2})
     c.rollout.batch_prompts = 2
@@ -73,7 +74,9 @@ def main():
     import jax
     import numpy as np
 
-    from dsrl_jax.demo.evaluate import demo_policy
+    from jax.experimental import multihost_utils
+
+    from dsrl_jax.demo import save_model
     from dsrl_jax.demo.task import make_split
     from dsrl_jax.demo.tokenizer import CharTokenizer
     from dsrl_jax.models import qwen2
@@ -95,9 +98,16 @@ def main():
 
     tokenizer = CharTokenizer()
     cfg = preset("tiny", vocab_size=tokenizer.vocab_size, dtype="float32")
-    policy = demo_policy(cfg, qwen2.init_params(cfg, 0), tokenizer)
-    records = make_split(16, seed=0, difficulties=(1, 2))
-    trainer = Trainer(make_config(args.steps, mesh, args.micro_batch), args.workdir, records=records, policy=policy)
+    inputs = args.workdir.rstrip("/") + "_inputs"  # the model and the problems, named in the config
+    model_dir = save_model(os.path.join(inputs, "model"), cfg, qwen2.init_params(cfg, 0), tokenizer)
+    if jax.process_index() == 0:
+        with open(os.path.join(inputs, "problems.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in make_split(16, seed=0, difficulties=(1, 2)))
+    multihost_utils.sync_global_devices("trainer inputs written")  # process 0 wrote them
+    config = make_config(args.steps, mesh, args.micro_batch)
+    config.model.update(init=model_dir, remat="none")
+    config.data.sources = [{"path": os.path.join(inputs, "problems.jsonl")}]
+    trainer = Trainer(config, args.workdir)
     on_step = (lambda t, step, m: (print(f"STEP {step}", flush=True), time.sleep(args.step_sleep)))
     try:
         trainer.run(on_step=on_step)
