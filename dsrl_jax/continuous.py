@@ -74,9 +74,10 @@ class Programs:
 
     def __init__(self, sampler, layout: Layout):
         self.sampler, self.lay = sampler, layout
-        self.prefill = jax.jit(self._prefill, static_argnames=("cache_dtype",), donate_argnums=(1,))
-        self.decode = jax.jit(self._decode, static_argnames=("steps", "opts"), donate_argnums=(1,))
-        self.init_state = jax.jit(self._init_state, static_argnames=("cache_dtype",))
+        pin = lambda fn: parallel.pinned(fn, sampler.mesh, sampler.batch_axes)  # activations' batch dim
+        self.prefill = jax.jit(pin(self._prefill), static_argnames=("cache_dtype",), donate_argnums=(1,))
+        self.decode = jax.jit(pin(self._decode), static_argnames=("steps", "opts"), donate_argnums=(1,))
+        self.init_state = jax.jit(pin(self._init_state), static_argnames=("cache_dtype",))
 
     # -- shardings --------------------------------------------------------------------------
     def _slot_sharding(self, ndim):
@@ -200,10 +201,8 @@ class Run:
     """Host side of one continuous-batching call (see the module docstring)."""
 
     def __init__(self, programs: Programs, params, prompts, rng, opts, on_finished, first_row: int = 0):
-        from dsrl_jax.sampling import _static
-
         self.pr, self.lay, self.params, self.rng, self.opts = programs, programs.lay, params, rng, opts
-        self.static = _static(opts)
+        self.static = opts.static()
         self.on_finished = on_finished
         self.first_row = first_row  # row r draws as row first_row + r
         self.prompts: list[list[int]] = []

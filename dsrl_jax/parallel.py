@@ -8,14 +8,15 @@ shape and the rules change, and both live in the config.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
+import functools
 import math
 import os
 from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -102,32 +103,36 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Mapping[str, Any] | None = 
     return NamedSharding(mesh, P(targets, *([None] * (ndim - 1))))
 
 
-_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("activation_mesh", default=None)
+# (mesh, batch axes) while a `pinned` function traces; read by constrain_batch / per_batch_shard.
+_PINNED: contextvars.ContextVar = contextvars.ContextVar("pinned_batch", default=None)
 
 
-@contextlib.contextmanager
-def activation_sharding(mesh: Mesh, rules: Mapping[str, Any] | None = None):
-    """While tracing inside this context, `constrain_batch` pins activations' batch
-    dimension to the data-parallel axes of `mesh` (trace-time only; wrap the first call
-    or `.lower()` of a jitted function)."""
-    token = _ACTIVATION_MESH.set((mesh, rules))
-    try:
-        yield
-    finally:
-        _ACTIVATION_MESH.reset(token)
+def pinned(fn, mesh: Mesh, batch_axes):
+    """`fn`, tracing with activations' batch dimension pinned to `batch_axes` of `mesh`: the
+    model's `constrain_batch` and `per_batch_shard` calls inside it use them. Wrap the
+    function given to `jax.jit`, so every trace of that program is pinned (the step
+    factories and the Sampler do), whoever calls it first."""
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        token = _PINNED.set((mesh, batch_axes))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _PINNED.reset(token)
+
+    return traced
 
 
 def per_batch_shard(fn, args, specs, out_specs, *, heads: int | None = None):
     """Runs fn on each data-parallel shard's block of `args` (jax.shard_map over the batch
-    axes of the mesh given to `activation_sharding`; outside it, fn(*args)). `specs` /
+    axes of a `pinned` function's mesh; outside one, fn(*args)). `specs` /
     `out_specs`: per array, a tuple naming each dimension "batch", "heads" or None. "heads"
     splits over `tensor` when `heads` (the smallest head count) divides by it. For ops that
     XLA cannot partition by itself (gathers and scatters indexed per shard)."""
-    ctx = _ACTIVATION_MESH.get()
+    ctx = _PINNED.get()
     if ctx is None:
         return fn(*args)
-    mesh, rules = ctx
-    batch = batch_sharding(mesh, 1, rules).spec[0]
+    mesh, batch = ctx
     tensor = mesh.shape.get("tensor", 1)
     head_axis = "tensor" if tensor > 1 and heads and heads % tensor == 0 else None
     to_spec = lambda names: P(*[batch if n == "batch" else head_axis if n == "heads" else None for n in names])
@@ -137,19 +142,18 @@ def per_batch_shard(fn, args, specs, out_specs, *, heads: int | None = None):
 
 
 def constrain_batch(x):
-    """Pins x's leading (batch) dimension to the data-parallel axes of the mesh given to
-    `activation_sharding`. Without it, FSDP-sharded parameters can pull activations onto the
-    embedding dimension with the batch replicated (every device computes every sequence).
-    A no-op outside the context or when the batch does not divide."""
-    ctx = _ACTIVATION_MESH.get()
+    """Pins x's leading (batch) dimension to the batch axes of the `pinned` function being
+    traced. Without it, FSDP-sharded parameters can pull activations onto the embedding
+    dimension with the batch replicated (every device computes every sequence). A no-op
+    outside a pinned function or when the batch does not divide."""
+    ctx = _PINNED.get()
     if ctx is None:
         return x
-    mesh, rules = ctx
-    spec = batch_sharding(mesh, x.ndim, rules).spec
-    n = math.prod(mesh.shape[a] for a in ((spec[0],) if isinstance(spec[0], str) else (spec[0] or ())))
+    mesh, batch = ctx
+    n = math.prod(mesh.shape[a] for a in ((batch,) if isinstance(batch, str) else (batch or ())))
     if n <= 1 or x.shape[0] % n:
         return x
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(batch, *([None] * (x.ndim - 1)))))
 
 
 def data_parallel_size(mesh: Mesh, rules: Mapping[str, Any] | None = None) -> int:
@@ -177,8 +181,6 @@ def to_host(x) -> np.ndarray:
     """A (possibly multi-process) array in full on every host, as numpy."""
     if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
         return np.asarray(x)
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

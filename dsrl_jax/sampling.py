@@ -18,8 +18,11 @@ r's token t from fold_in(fold_in(rng, r), t) (so samples do not depend on batchi
 give the same greedy tokens.
 
 Returned log-probs are log_softmax(logits / temperature) at the sampled token (temperature 1
-when greedy): the distribution the row was drawn from before top-k / top-p truncation, as
-verl and TRL use for the update.
+when greedy): the distribution the row was drawn from before top-k / top-p truncation. They
+are for inspection (evaluation and generate files); the GRPO update does not use them: it
+recomputes old / reference log-probs with the update's own program (rl/update.py), whose
+layout and dtype differ from decoding's (bf16 sampling layout, blockwise attention, a KV
+cache), so the two agree only to rounding.
 
 `Sampler.prepare(params)` converts (training) parameters once per RL step, on device, into
 the layout decoding reads fastest: the compute dtype, replicated over the data axes and
@@ -78,6 +81,11 @@ class SampleOptions:
         if self.page_size < 1 or self.steps_per_call < 1 or self.prefill_rows < 1:
             raise ValueError("page_size, steps_per_call and prefill_rows must be >= 1")
 
+    def static(self) -> tuple:
+        """The options that shape the compiled program (temperature/top_p/max_new are traced)."""
+        return (self.n, self.greedy, int(self.top_k), (not self.greedy) and self.top_p < 1.0,
+                tuple(sorted(set(self.stop_token_ids))), self.cache_dtype, self.pad_token_id)
+
 
 @dataclasses.dataclass
 class SampleOutput:
@@ -121,7 +129,10 @@ class Sampler:
         self.dp = parallel.data_parallel_size(self.mesh, rules)
         self.min_prompt_bucket = min_prompt_bucket
         self.min_batch_bucket = min_batch_bucket
-        self._generate = jax.jit(self._generate_impl, static_argnames=("max_new_bucket", "opts"))
+        self.batch_axes = parallel.batch_sharding(self.mesh, 1, rules).spec[0]
+        # Activations' batch dimension pinned to the data axes in every program (parallel.pinned).
+        self._generate = jax.jit(parallel.pinned(self._generate_impl, self.mesh, self.batch_axes),
+                                 static_argnames=("max_new_bucket", "opts"))
         self._continuous = {}  # continuous.Layout shape -> continuous.Programs
         self._prepare = {}
 
@@ -186,9 +197,7 @@ class Sampler:
         key = (lay.G, lay.S, lay.N, lay.P, lay.M)
         if key not in self._continuous:
             self._continuous[key] = continuous.Programs(self, lay)
-        with parallel.activation_sharding(self.mesh, self.rules):
-            return continuous.Run(self._continuous[key], params, prompts, rng, opts, on_finished,
-                                  first_row).run()
+        return continuous.Run(self._continuous[key], params, prompts, rng, opts, on_finished, first_row).run()
 
     def prepare(self, params, replicate: bool = True):
         """Parameters in the sampling layout, converted on device (call once per RL step):
@@ -220,12 +229,11 @@ class Sampler:
     def _sample_static(self, params, prompts, rng, opts, row0: int = 0) -> SampleOutput:
         tokens, mask = self.pad_prompts(prompts, opts.n)
         sharding = self.input_sharding(tokens.shape[0])
-        with parallel.activation_sharding(self.mesh, self.rules):  # read while tracing
-            out = self._generate(
-                params, parallel.to_global(tokens, sharding), parallel.to_global(mask, sharding), rng,
-                jnp.int32(opts.max_new_tokens), jnp.float32(opts.temperature), jnp.float32(opts.top_p),
-                jnp.int32(row0), max_new_bucket=self.new_tokens_bucket(opts.max_new_tokens), opts=_static(opts),
-            )
+        out = self._generate(
+            params, parallel.to_global(tokens, sharding), parallel.to_global(mask, sharding), rng,
+            jnp.int32(opts.max_new_tokens), jnp.float32(opts.temperature), jnp.float32(opts.top_p),
+            jnp.int32(row0), max_new_bucket=self.new_tokens_bucket(opts.max_new_tokens), opts=opts.static(),
+        )
         rows = len(prompts) * opts.n
         toks, lps, lens, fin = (parallel.to_host(x)[:rows] for x in out)
         return SampleOutput(toks[:, : opts.max_new_tokens], lps[:, : opts.max_new_tokens], lens, fin)
@@ -361,9 +369,3 @@ def segments(max_new_bucket: int) -> list[tuple[int, int]]:
     of at least MIN_SEGMENT steps (fewer segments compile faster; more read less cache)."""
     size = max(MIN_SEGMENT, -(-max_new_bucket // MAX_SEGMENTS))
     return [(s, min(size, max_new_bucket - s)) for s in range(0, max_new_bucket, size)]
-
-
-def _static(opts: SampleOptions) -> tuple:
-    """The options that shape the compiled program (temperature/top_p/max_new are traced)."""
-    return (opts.n, opts.greedy, int(opts.top_k), (not opts.greedy) and opts.top_p < 1.0,
-            tuple(sorted(set(opts.stop_token_ids))), opts.cache_dtype, opts.pad_token_id)

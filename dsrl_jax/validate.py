@@ -14,6 +14,7 @@ import jax
 import ml_collections
 
 from dsrl_jax import parallel, paths
+from dsrl_jax.rl import batch
 
 
 class ConfigError(ValueError):
@@ -32,13 +33,6 @@ def _check_loss_names(field: str, loss) -> None:
                           ("adv_std_mode", grpo.ADVANTAGE_STD_MODES)):
         if key in loss and loss[key] not in registry:
             _fail(f"{field}.{key}", f"unknown {key} {loss[key]!r}; choices: {', '.join(sorted(registry))}")
-
-
-def micro_batch_size(c: ml_collections.ConfigDict, dp: int) -> int:
-    """train.micro_batch_size, where -1 means one sequence per data-parallel device (the
-    paper configs: 8 on a v5e-8, 4 on a v4-8)."""
-    m = int(c.train.micro_batch_size)
-    return dp if m == -1 else m
 
 
 def validate_config(c: ml_collections.ConfigDict, *, check_files: bool = True, num_devices: int | None = None) -> None:
@@ -63,19 +57,10 @@ def validate_config(c: ml_collections.ConfigDict, *, check_files: bool = True, n
     r, t = c.rollout, c.train
     if r.batch_prompts < 1 or r.group_size < 1:
         _fail("rollout.batch_prompts", "batch_prompts and group_size must be >= 1")
-    n = r.batch_prompts * r.group_size
-    mini = t.mini_batch_size or n
-    if n % mini:
-        _fail("train.mini_batch_size", f"{mini} does not divide the rollout batch of {n} sequences "
-                                       f"(batch_prompts {r.batch_prompts} x group_size {r.group_size})")
-    micro = min(micro_batch_size(c, dp), mini)
-    if micro < 1 or mini % micro:
-        _fail("train.micro_batch_size", f"{micro} does not divide the mini-batch of {mini}")
-    if micro % dp:
-        _fail("train.micro_batch_size", f"micro-batch of {micro} sequences does not divide by the "
-                                        f"data-parallel size {dp} (mesh {shape})")
-    if t.epochs_per_batch < 1:
-        _fail("train.epochs_per_batch", "must be >= 1")
+    try:
+        batch.batch_plan(r.batch_prompts * r.group_size, t, dp)
+    except batch.BatchPlanError as e:
+        _fail(e.field, f"{e.message} (batch_prompts {r.batch_prompts} x group_size {r.group_size}, mesh {shape})")
 
     try:
         validate_reward_config(c.rewards.to_dict())

@@ -29,15 +29,9 @@ from dsrl_jax import parallel  # noqa: E402
 from dsrl_jax.models import qwen2  # noqa: E402
 from dsrl_jax.models.config import param_count, preset  # noqa: E402
 from dsrl_jax.rl import grpo, update  # noqa: E402
+from dsrl_jax.rl.batch import TrainBatch  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_train.json")
-
-
-def _pin(mesh):
-    import contextlib
-
-    pin = getattr(parallel, "activation_sharding", None)
-    return pin(mesh) if pin else contextlib.nullcontext()
 
 
 def _time(fn, *args, reps=3):
@@ -77,12 +71,12 @@ def _setup(cfg, micro, num_micro, plen, mlen):
     loss_cfg.kl_coef = 0.0
     rng = np.random.default_rng(0)
     t = plen + mlen
-    batch = {"tokens": rng.integers(1, cfg.vocab_size, (num_micro, micro, t), dtype=np.int32),
-             "kv_mask": np.ones((num_micro, micro, t), bool),
-             "loss_mask": np.ones((num_micro, micro, mlen), np.float32),
-             "truncated": np.zeros((num_micro, micro), bool),
-             "advantages": rng.normal(size=(num_micro, micro)).astype(np.float32),
-             "normalizer": np.float32(num_micro * micro * mlen)}
+    batch = TrainBatch(tokens=rng.integers(1, cfg.vocab_size, (num_micro, micro, t), dtype=np.int32),
+                       kv_mask=np.ones((num_micro, micro, t), bool),
+                       loss_mask=np.ones((num_micro, micro, mlen), np.float32),
+                       truncated=np.zeros((num_micro, micro), bool),
+                       advantages=rng.normal(size=(num_micro, micro)).astype(np.float32),
+                       normalizer=np.float32(num_micro * micro * mlen))
     batch_sh = update.batch_shardings(mesh, None, batch)
     fn = update.make_train_step(cfg, loss_cfg, tx, state_sh, batch_sh, plen, min(1024, mlen))
     return mesh, fn, state, batch, state_sh, batch_sh
@@ -94,15 +88,14 @@ def bench_update(name, micro, seq_len, remat="none", attention="plain", reps=2, 
     mesh, fn, state, batch, state_sh, batch_sh = _setup(cfg, micro, 1, plen, seq_len - plen)
     state = jax.device_put(state, state_sh)
     batch = jax.device_put(batch, batch_sh)
-    with _pin(mesh):
-        state, _ = fn(state, batch)  # compile + warm-up (the state is donated)
+    state, _ = fn(state, batch)  # compile + warm-up (the state is donated)
+    jax.block_until_ready(state)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        state, m = fn(state, batch)
         jax.block_until_ready(state)
-        best = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            state, m = fn(state, batch)
-            jax.block_until_ready(state)
-            best = min(best, time.perf_counter() - t0)
+        best = min(best, time.perf_counter() - t0)
     tokens = micro * seq_len
     return {"preset": name, "params": param_count(cfg), "micro_batch": micro, "seq_len": seq_len, "remat": remat,
             "attention": attention, "step_s": best, "tokens_per_s": tokens / best,
@@ -116,8 +109,7 @@ def memory_vs_length(lengths, name="medium", **opts):
         plen = 16
         mesh, fn, state, batch, state_sh, batch_sh = _setup(cfg, 1, 1, plen, t - plen)
         sds = lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s)
-        with _pin(mesh):
-            compiled = fn.lower(jax.tree.map(sds, state, state_sh), jax.tree.map(sds, batch, batch_sh)).compile()
+        compiled = fn.lower(jax.tree.map(sds, state, state_sh), jax.tree.map(sds, batch, batch_sh)).compile()
         m = compiled.memory_analysis()
         peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
         rows.append({"seq_len": t, "temp_bytes": m.temp_size_in_bytes, "argument_bytes": m.argument_size_in_bytes,

@@ -48,19 +48,17 @@ def local_rows(sharding, global_shape, dim=1):
     return min(starts), max(stops)
 
 
-def to_global(batch: dict, shardings: dict) -> dict:
+def to_global(batch, shardings):
     """Global arrays from each process's own slice of the batch dimension."""
     import jax
 
-    out = {}
-    for k, x in batch.items():
-        s = shardings[k]
+    def one(x, s):
         if x.ndim < 2:  # scalars (normalizer): every process has the same value
-            out[k] = jax.make_array_from_process_local_data(s, x, x.shape)
-            continue
+            return jax.make_array_from_process_local_data(s, x, x.shape)
         lo, hi = local_rows(s, x.shape)
-        out[k] = jax.make_array_from_process_local_data(s, x[:, lo:hi], x.shape)
-    return out
+        return jax.make_array_from_process_local_data(s, x[:, lo:hi], x.shape)
+
+    return jax.tree.map(one, batch, shardings)
 
 
 def run_step() -> dict:
@@ -73,6 +71,7 @@ def run_step() -> dict:
     from dsrl_jax.models import qwen2
     from dsrl_jax.models.config import preset
     from dsrl_jax.rl import grpo, update
+    from dsrl_jax.rl.batch import TrainBatch
     from configs import base
 
     cfg = preset("tiny", dtype="float32", remat="full", attention_impl="blockwise", attention_block_size=8)
@@ -96,26 +95,17 @@ def run_step() -> dict:
     batch, plen = global_batch()
     flat = batch["loss_mask"].reshape(-1, batch["loss_mask"].shape[-1])
     normalizer = np.asarray(grpo.loss_normalizer(flat, batch["truncated"].reshape(-1), loss_cfg), np.float32)
-    batch["normalizer"] = normalizer
+    batch = TrainBatch(**batch, normalizer=normalizer)
     batch_axes = parallel.batch_sharding(mesh, 1).spec[0]
     batch_sh = update.batch_shardings(mesh, batch_axes, batch)
     step = update.make_train_step(cfg, loss_cfg, tx, state_sh, batch_sh, plen, 8)
-    with parallel.activation_sharding(mesh) if hasattr(parallel, "activation_sharding") else _null():
-        new_state, metrics = step(state, to_global(batch, batch_sh))
+    new_state, metrics = step(state, to_global(batch, batch_sh))
     full = multihost_utils.process_allgather(new_state["params"], tiled=True)
     leaves = [np.asarray(x, np.float32) for x in jax.tree.leaves(full)]
     digest = hashlib.sha256(b"".join(x.tobytes() for x in leaves)).hexdigest()
     return {"loss": float(np.asarray(metrics["loss"])), "grad_norm": float(np.asarray(metrics["grad_norm"])),
             "param_sums": [float(np.abs(x).sum()) for x in leaves], "params_sha256": digest,
             "processes": jax.process_count(), "devices": jax.device_count()}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def main():

@@ -1,9 +1,9 @@
 """Prompt batches for GRPO: filter by level/domain, mix components at a fixed ratio.
 
     pipe = PromptPipeline(records, select={"levels": ["L1"], "domains": None},
-                          mixture={"math": 2.1, "code": 1}, batch_prompts=128, group_size=16,
+                          mixture={"math": 2.1, "code": 1}, batch_prompts=128,
                           max_prompt_len=1024, tokenize_fn=lambda r: format_prompt(r, tok), seed=0)
-    batch = next(pipe)       # PromptBatch: 87 math + 41 code prompts, each repeated 16 times
+    batch = next(pipe)       # PromptBatch: 87 math + 41 code prompts (the sampler draws each one's group)
     ckpt = pipe.get_state()  # small JSON dict; PromptPipeline(...).set_state(ckpt) resumes
 
 Each mixture component (records whose `domain` or `source` equals its name) is an infinite
@@ -65,36 +65,27 @@ def select_records(records: Sequence[dict], levels=None, domains=None) -> list[d
 
 @dataclasses.dataclass
 class PromptBatch:
-    """Rows are samples: row i * group_size + j is sample j of prompt i."""
+    """One entry per prompt, in mixture order (the sampler draws each prompt's group of samples)."""
 
-    records: list[dict]  # [num_prompts * group_size]
-    prompt_ids: list[list[int]]  # [num_prompts * group_size]
-    group: np.ndarray  # int32 [num_prompts * group_size]: the prompt index of each row
-    component: list[str]  # [num_prompts * group_size]: the mixture component of each row
-    group_size: int
+    records: list[dict]
+    prompt_ids: list[list[int]]  # the tokenized prompts
+    component: list[str]  # the mixture component each prompt came from
 
     @property
     def num_prompts(self) -> int:
-        return len(self.records) // self.group_size
-
-    def unique_prompts(self) -> list[list[int]]:
-        """One entry per prompt (for a sampler that repeats each prompt n times itself)."""
-        return self.prompt_ids[:: self.group_size]
-
-    def unique_records(self) -> list[dict]:
-        return self.records[:: self.group_size]
+        return len(self.records)
 
 
 class PromptPipeline:
     def __init__(self, records: Sequence[dict], *, select: Mapping | None = None,
-                 mixture: Mapping[str, float] | None = None, batch_prompts: int, group_size: int = 1,
+                 mixture: Mapping[str, float] | None = None, batch_prompts: int,
                  max_prompt_len: int | None = None, tokenize_fn: Callable[[dict], list[int]], seed: int = 0):
         select = dict(select or {})
         unknown = set(select) - {"levels", "domains"}
         if unknown:
             raise ValueError(f"select: unknown keys {sorted(unknown)}; known: levels, domains")
-        if batch_prompts < 1 or group_size < 1:
-            raise ValueError(f"batch_prompts and group_size must be >= 1, got {batch_prompts}, {group_size}")
+        if batch_prompts < 1:
+            raise ValueError(f"batch_prompts must be >= 1, got {batch_prompts}")
         chosen = select_records(records, select.get("levels"), select.get("domains"))
         mixture = dict(mixture) if mixture else {"all": 1.0}
         if any(not isinstance(w, (int, float)) or w <= 0 for w in mixture.values()):
@@ -109,7 +100,7 @@ class PromptPipeline:
                                  f"({len(chosen)} of {len(records)} records selected)")
             self._components[name] = members
         self._orders: dict[tuple[str, int], np.ndarray] = {}  # (component, epoch) -> permutation
-        self.batch_prompts, self.group_size, self.max_prompt_len = batch_prompts, group_size, max_prompt_len
+        self.batch_prompts, self.max_prompt_len = batch_prompts, max_prompt_len
         self.tokenize_fn, self.seed = tokenize_fn, seed
         self._fingerprint = _fingerprint(self._components, mixture, batch_prompts, seed)
         self._cache: dict[str, list[int] | None] = {}  # id -> token ids, None when too long
@@ -161,17 +152,15 @@ class PromptPipeline:
         return self
 
     def __next__(self) -> PromptBatch:
-        records, prompt_ids, group, component = [], [], [], []
+        records, prompt_ids, component = [], [], []
         for name, share in self.shares.items():
             for _ in range(share):
                 record, ids = self._take(name)
-                g = len(records) // self.group_size
-                records += [record] * self.group_size
-                prompt_ids += [ids] * self.group_size
-                group += [g] * self.group_size
-                component += [name] * self.group_size
+                records.append(record)
+                prompt_ids.append(ids)
+                component.append(name)
         self.batches += 1
-        return PromptBatch(records, prompt_ids, np.asarray(group, np.int32), component, self.group_size)
+        return PromptBatch(records, prompt_ids, component)
 
     # -- checkpointing ----------------------------------------------------------------------
     def get_state(self) -> dict:
@@ -190,9 +179,6 @@ class PromptPipeline:
             raise ValueError("pipeline state was saved for different records, mixture, batch size or seed")
         self._position = {name: int(c["position"]) for name, c in state["components"].items()}
         self.batches, self.dropped = int(state["batches"]), int(state["dropped"])
-
-
-ProblemStream = PromptPipeline  # the name used in the design notes
 
 
 def _name_key(name: str) -> int:

@@ -8,11 +8,12 @@ Shapes: B sequences (= prompts x group size G), T response tokens. Per-token arr
 [B, T]; `mask` is 1 on real response tokens and 0 on padding; `advantages` are [B]
 (one per sequence, broadcast over its tokens) or [B, T].
 
-Several updates per batch (PPO-style epochs) need nothing special: pass the logprobs the
-sampler stored as `old_logprobs` every time, and the ratio exp(logprobs - old_logprobs)
-moves away from 1 as the policy moves, which is what the clipping acts on. Pass
-`old_logprobs=None` for the strictly on-policy single update (ratio 1, gradient of the
-plain policy-gradient surrogate).
+Several updates per batch (PPO-style epochs) need nothing special: pass the policy's
+log-probs from before the first update as `old_logprobs` every time (the trainer recomputes
+them with the update's own forward, not the sampler's bf16 decoding numbers, which agree
+only to rounding), and the ratio exp(logprobs - old_logprobs) moves away from 1 as the
+policy moves, which is what the clipping acts on. Pass `old_logprobs=None` for the strictly
+on-policy single update (ratio 1, gradient of the plain policy-gradient surrogate).
 
 Micro-batch gradient accumulation: aggregations take an optional `normalizer`. Compute it
 once on the whole mini-batch with `loss_normalizer(...)` and pass it to every micro-batch;

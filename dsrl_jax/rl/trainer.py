@@ -7,9 +7,11 @@ One step, as in the paper's method:
   2. sample `group_size` completions per prompt with the jitted sampler, on the same
      device arrays the update trains (no host round-trip of parameters), through
      `dsrl_jax.policy.rollout`, the path scoring and evaluation use too;
-  3. grade them in reward worker processes (each process grades its share of the rows);
+  3. grade them in reward worker processes (each process grades its share of the rows), each
+     row submitted as it finishes, so grading overlaps decoding; then wait for the rewards;
   4. group-relative advantages; optionally drop all-equal groups and refill (dynamic sampling);
-  5. mini-batch updates with micro-batch gradient accumulation (rl/update.py);
+     one `rl.batch.TrainBatch`, plus old / reference log-probs when the loss needs them;
+  5. mini-batch updates with micro-batch gradient accumulation (rl/batch.py's plan, rl/update.py);
   6. log metrics, let the curriculum decide whether the stage ends, checkpoint.
 Killing the process and running the same command resumes from the latest complete
 checkpoint and continues bit-for-bit (RNG, data order and curriculum state are saved).
@@ -37,10 +39,10 @@ from dsrl_jax.metrics import MetricsWriter, Timer
 from dsrl_jax.models import hf
 from dsrl_jax.policy import load_policy
 from dsrl_jax.rewards import RewardPool
+from dsrl_jax.rl import batch as batch_lib
 from dsrl_jax.rl import rollout, update
 from dsrl_jax.rl.curriculum import Curriculum, continue_from
 from dsrl_jax.sampling import SampleOptions, Sampler
-from dsrl_jax.validate import micro_batch_size
 
 
 def _merged(base: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
@@ -48,6 +50,11 @@ def _merged(base: ml_collections.ConfigDict, overrides) -> ml_collections.Config
     for k, v in dict(overrides or {}).items():
         out[k] = v
     return out
+
+
+def stage_loss(config: ml_collections.ConfigDict, stage) -> ml_collections.ConfigDict:
+    """The loss options of `stage`: config.loss with the stage's `loss` overrides."""
+    return _merged(config.loss, dict(stage.get("loss") or {}))
 
 
 class Trainer:
@@ -81,7 +88,7 @@ class Trainer:
         self.checkpointer = Checkpointer(paths.join(self.workdir, "checkpoints"), keep=config.checkpoint.keep,
                                          async_save=config.checkpoint.async_save)
         self.pipeline = None
-        self._steps_cache: dict = {}
+        self._programs: dict = {}  # the jitted update and log-prob programs, by what shapes them
         resumed = self._maybe_resume()
         self._saved_step = resumed
         self._write_run_files()
@@ -107,7 +114,7 @@ class Trainer:
                                    paths.join(self.workdir, "decontamination.json"), eval_opts=self.config.eval)
 
     def _loss_cfg(self, stage) -> ml_collections.ConfigDict:
-        return _merged(self.config.loss, dict(stage.get("loss") or {}))
+        return stage_loss(self.config, stage)
 
     def _build_pipeline(self):
         stage = self.curriculum.stage
@@ -116,8 +123,8 @@ class Trainer:
         select = {"levels": plain(data.levels), "domains": data.domains}
         self.pipeline = PromptPipeline(
             self.records, select=select, mixture=data.mixture.to_dict() if data.mixture else None,
-            batch_prompts=self.config.rollout.batch_prompts, group_size=self.config.rollout.group_size,
-            max_prompt_len=stage.max_prompt_len, tokenize_fn=self.policy.prompt_fn,
+            batch_prompts=self.config.rollout.batch_prompts, max_prompt_len=stage.max_prompt_len,
+            tokenize_fn=self.policy.prompt_fn,
             seed=self.config.data.seed + 1000 * self.curriculum.stage_index)
 
     def _maybe_resume(self) -> int | None:
@@ -162,9 +169,9 @@ class Trainer:
         for attempt in range(1 + (r.max_refill_batches if r.dynamic_sampling else 0)):
             batch = next(self.pipeline)
             with timer.phase("rollout"):
-                ro = policy_lib.rollout(self.policy, self.sampler, batch.unique_records(), jax.random.fold_in(key, attempt),
+                ro = policy_lib.rollout(self.policy, self.sampler, batch.records, jax.random.fold_in(key, attempt),
                                         opts, self.pool, params=self.state["params"],
-                                        prompt_ids=batch.unique_prompts(), rows_per_call=r.prompts_per_sample_call)
+                                        prompt_ids=batch.prompt_ids, rows_per_call=r.prompts_per_sample_call)
             with timer.phase("rewards_wait"):
                 groups = rollout.groups_of(ro.wait())
             gen = rollout.generation_metrics(ro)
@@ -176,64 +183,55 @@ class Trainer:
         metrics["dynamic_sampling/kept_groups"] = len(kept[: r.batch_prompts])
         return kept[: r.batch_prompts] or all_groups[:1], metrics
 
-    def _step_fn(self, stage_index, loss_cfg, prompt_len, example, temperature):
-        key = (stage_index, prompt_len, jax.tree.map(lambda x: x.shape, example)["tokens"], temperature)
-        if key not in self._steps_cache:
+    def _step_fn(self, stage_index, loss_cfg, prompt_len, example: batch_lib.TrainBatch, temperature):
+        key = ("update", stage_index, prompt_len, example.tokens.shape, temperature)
+        if key not in self._programs:
             batch_axes = parallel.batch_sharding(self.mesh, 1, self.rules).spec[0]
             shard_tree = update.batch_shardings(self.mesh, batch_axes, example)
             fn = update.make_train_step(self.cfg, loss_cfg, self.tx, self.state_shardings, shard_tree, prompt_len,
                                         self.config.train.logprob_chunk, temperature)
-            self._steps_cache[key] = (fn, shard_tree)
-        return self._steps_cache[key]
+            self._programs[key] = (fn, shard_tree)
+        return self._programs[key]
 
-    def train_step(self) -> dict:
-        # Activations' batch dimension is pinned to the data-parallel axes while the
-        # programs trace (update, log-probs, sampler): under FSDP it would otherwise follow
-        # the parameters' embedding sharding with every device computing every sequence.
-        with parallel.activation_sharding(self.mesh, self.rules):
-            return self._train_step()
-
-    def _logprobs(self, fn, params, batch, rows: int) -> np.ndarray:
-        """[N, M] log-probs, `rows` sequences (one micro-batch) per call."""
+    def _logprobs(self, params, batch: batch_lib.TrainBatch, prompt_len: int, temperature: float,
+                  rows: int) -> np.ndarray:
+        """[N, M] log-probs (no gradients), `rows` sequences (one micro-batch) per call."""
         sharding = parallel.batch_sharding(self.mesh, 2, self.rules)
-        n = batch["tokens"].shape[0]
-        out = [fn(params, *(parallel.to_global(batch[k][i:i + rows], sharding) for k in ("tokens", "kv_mask")))
+        key = ("logprobs", prompt_len, temperature)
+        if key not in self._programs:
+            self._programs[key] = update.make_logprob_fn(self.cfg, prompt_len, self.config.train.logprob_chunk,
+                                                         temperature, sharding)
+        fn, n = self._programs[key], batch.tokens.shape[0]
+        out = [fn(params, *(parallel.to_global(x[i:i + rows], sharding) for x in (batch.tokens, batch.kv_mask)))
                for i in range(0, n, rows)]
         return np.concatenate([parallel.to_host(x) for x in out])
 
-    def _train_step(self) -> dict:
+    def train_step(self) -> dict:
         stage = self.curriculum.stage
         step = int(self.state["step"])
         key = jax.random.fold_in(self.state["rng"], step)
         loss_cfg, timer, c = self._loss_cfg(stage), Timer(), self.config
-        groups, metrics = self._rollout(stage, key, timer)
+        groups, metrics = self._rollout(stage, key, timer)  # graded: the rewards are in
         # The update scores tokens under the distribution they were drawn from: logits / T.
         temperature = float(self._sample_options(stage).temperature)
-        batch = rollout.assemble(groups, c.rollout.batch_prompts, loss_cfg.adv_std_mode, loss_cfg.adv_eps,
-                                 max_prompt_len=stage.max_prompt_len, max_response_len=stage.max_response_len)
-        prompt_len = batch.pop("prompt_len")
-        n = batch["tokens"].shape[0]
-        mini = c.train.mini_batch_size or n
-        micro = min(micro_batch_size(c, parallel.data_parallel_size(self.mesh, self.rules)), mini)
-        multi_update = c.train.epochs_per_batch > 1 or mini < n
+        batch, prompt_len = batch_lib.train_batch(groups, c.rollout.batch_prompts, loss_cfg.adv_std_mode,
+                                                  loss_cfg.adv_eps, max_prompt_len=stage.max_prompt_len,
+                                                  max_response_len=stage.max_response_len)
+        plan = batch_lib.batch_plan(batch.tokens.shape[0], c.train, parallel.data_parallel_size(self.mesh, self.rules))
         with timer.phase("logprobs"):  # old / reference policy, no gradients
-            if multi_update or (loss_cfg.kl_coef and self.ref_params is not None):
-                lp_fn = update.make_logprob_fn(self.cfg, prompt_len, c.train.logprob_chunk, temperature)
-                if multi_update:
-                    batch["old_logprobs"] = self._logprobs(lp_fn, self.state["params"], batch, micro)
-                if loss_cfg.kl_coef:
-                    batch["ref_logprobs"] = self._logprobs(lp_fn, self.ref_params, batch, micro)
+            if plan.multi_update:
+                batch = batch.replace(old_logprobs=self._logprobs(self.state["params"], batch, prompt_len,
+                                                                  temperature, plan.micro))
+            if loss_cfg.kl_coef and self.ref_params is not None:
+                batch = batch.replace(ref_logprobs=self._logprobs(self.ref_params, batch, prompt_len, temperature,
+                                                                  plan.micro))
         rng = np.random.default_rng([c.seed, step]) if c.train.shuffle_minibatches else None
         update_metrics, t0 = [], time.perf_counter()
         with timer.phase("update"):
-            for _ in range(c.train.epochs_per_batch):
-                for mb in rollout.minibatches(batch, mini, micro, rng):
-                    flat_mask = mb["loss_mask"].reshape(-1, mb["loss_mask"].shape[-1])
-                    mb["normalizer"] = np.asarray(
-                        jax.device_get(update.grpo.loss_normalizer(
-                            flat_mask, mb["truncated"].reshape(-1), loss_cfg)), np.float32)
+            for _ in range(plan.epochs):
+                for mb in batch_lib.minibatches(batch, plan, loss_cfg, rng):
                     fn, shard_tree = self._step_fn(self.curriculum.stage_index, loss_cfg, prompt_len, mb, temperature)
-                    self.state, m = fn(self.state, rollout.to_device(mb, shard_tree))
+                    self.state, m = fn(self.state, batch_lib.to_device(mb, shard_tree))
                     update_metrics.append(m)
             update_metrics = jax.device_get(update_metrics)
         update_time = time.perf_counter() - t0
@@ -242,7 +240,7 @@ class Trainer:
             metrics[k] = float(np.mean([m[k] for m in update_metrics]))
         metrics["skipped_updates"] = float(sum(m["skipped"] for m in update_metrics))
         metrics["lr"] = float(self.schedule(len(update_metrics) * step))
-        metrics["perf/update_tokens_per_s"] = float(batch["kv_mask"].sum()) * c.train.epochs_per_batch / update_time
+        metrics["perf/update_tokens_per_s"] = float(batch.kv_mask.sum()) * plan.epochs / update_time
         metrics.update(timer.summary())
         return metrics
 

@@ -1,8 +1,8 @@
 """The jitted, sharded GRPO update: micro-batched gradients, AdamW, non-finite guard.
 
     state = init_state(params, tx, rng)                        # params, opt_state, step, rng
-    step_fn = make_train_step(cfg, loss_cfg, tx, state_shardings, batch_sharding, chunk)
-    state, metrics = step_fn(state, batch)                      # batch: see `TrainBatch`
+    step_fn = make_train_step(cfg, loss_cfg, tx, state_shardings, batch_shardings, prompt_len, chunk)
+    state, metrics = step_fn(state, batch)                      # batch: a rl.batch.TrainBatch
 
 A batch holds one optimizer step's sequences, reshaped [num_micro, micro_batch, ...]; the
 step scans over micro-batches, summing gradients whose loss is normalised by the whole
@@ -12,7 +12,6 @@ the update (parameters and optimizer state unchanged) and is reported in the met
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -22,14 +21,11 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dsrl_jax import parallel
 from dsrl_jax.models.config import Qwen2Config
 from dsrl_jax.rl import grpo
+from dsrl_jax.rl.batch import TrainBatch
 from dsrl_jax.rl.logprobs import completion_logprobs
-
-# TrainBatch fields, each [num_micro, micro_batch, ...]:
-#   tokens [.., P+M] int32, kv_mask [.., P+M] bool, loss_mask [.., M] f32, advantages [..] f32,
-#   truncated [..] bool, old_logprobs [.., M] f32 (optional), ref_logprobs [.., M] f32 (optional)
-#   plus `normalizer` (scalar) from grpo.loss_normalizer over the whole mini-batch.
 
 
 def make_optimizer(optim: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Any]:
@@ -89,8 +85,9 @@ def state_shardings(state: dict, mesh) -> dict:
     return jax.tree.map(one, state)
 
 
-def batch_shardings(mesh, batch_axes, example: dict) -> dict:
-    """[num_micro, micro_batch, ...] arrays: the micro-batch dimension over the data axes."""
+def batch_shardings(mesh, batch_axes, example: TrainBatch) -> TrainBatch:
+    """[num_micro, micro_batch, ...] arrays (or ShapeDtypeStructs): the micro-batch dimension
+    over the data axes; the normalizer replicated."""
     def one(x):
         if jnp.ndim(x) < 2:
             return NamedSharding(mesh, P())
@@ -99,22 +96,21 @@ def batch_shardings(mesh, batch_axes, example: dict) -> dict:
 
 
 def _micro_loss(params, mb, *, cfg, loss_cfg, prompt_len, chunk, normalizer, temperature=1.0):
-    lp, ent = completion_logprobs(cfg, params, mb["tokens"], mb["kv_mask"], prompt_len, chunk, temperature,
+    lp, ent = completion_logprobs(cfg, params, mb.tokens, mb.kv_mask, prompt_len, chunk, temperature,
                                   entropy_grad=bool(loss_cfg.entropy_coef))
-    loss, metrics = grpo.grpo_loss(
-        lp, mb.get("old_logprobs"), mb.get("ref_logprobs"), mb["advantages"], mb["loss_mask"],
-        mb["truncated"], ent, loss_cfg, normalizer=normalizer)
+    loss, metrics = grpo.grpo_loss(lp, mb.old_logprobs, mb.ref_logprobs, mb.advantages, mb.loss_mask, mb.truncated,
+                                   ent, loss_cfg, normalizer=normalizer)
     return loss, metrics
 
 
 _SUMMED_METRICS = ("loss", "pg_loss", "kl", "entropy", "num_tokens")
 
 
-def train_step(state: dict, batch: dict, *, cfg: Qwen2Config, loss_cfg, tx, prompt_len: int, chunk: int,
+def train_step(state: dict, batch: TrainBatch, *, cfg: Qwen2Config, loss_cfg, tx, prompt_len: int, chunk: int,
                temperature: float = 1.0):
     params = state["params"]
-    normalizer = batch["normalizer"]
-    micro = {k: v for k, v in batch.items() if k != "normalizer"}
+    normalizer = batch.normalizer
+    micro = batch.replace(normalizer=None)
     grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
 
     def body(carry, mb):
@@ -149,19 +145,32 @@ def train_step(state: dict, batch: dict, *, cfg: Qwen2Config, loss_cfg, tx, prom
     return new_state, metrics
 
 
-def make_train_step(cfg, loss_cfg, tx, state_shardings, batch_sharding_tree, prompt_len, chunk,
+def _pinned_to(shardings_tree):
+    """`parallel.pinned` arguments from a batch sharding tree: its mesh and batch axes."""
+    s = shardings_tree.tokens
+    return s.mesh, s.spec[1] if len(s.spec) > 1 else None
+
+
+def make_train_step(cfg, loss_cfg, tx, state_shardings, batch_sharding_tree: TrainBatch, prompt_len, chunk,
                     temperature: float = 1.0):
     """The jitted update with explicit in/out shardings; the state is donated. Log-probs are
-    those of softmax(logits / temperature), the rollout's sampling distribution."""
+    those of softmax(logits / temperature), the rollout's sampling distribution. Activations'
+    batch dimension follows the micro-batch dimension of `batch_sharding_tree` (parallel.pinned).
+    Each call makes a new jitted function: the caller keeps it (Trainer caches its steps)."""
     step = lambda state, batch: train_step(state, batch, cfg=cfg, loss_cfg=loss_cfg, tx=tx,
                                            prompt_len=prompt_len, chunk=chunk, temperature=temperature)
-    return jax.jit(step, in_shardings=(state_shardings, batch_sharding_tree),
+    return jax.jit(parallel.pinned(step, *_pinned_to(batch_sharding_tree)),
+                   in_shardings=(state_shardings, batch_sharding_tree),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 
 
-@functools.lru_cache(maxsize=64)
-def make_logprob_fn(cfg, prompt_len, chunk, temperature: float = 1.0):
+def make_logprob_fn(cfg, prompt_len, chunk, temperature: float = 1.0, batch_sharding=None):
     """Jitted [N, M] completion log-probs of softmax(logits / temperature), no gradients
-    (old / reference policy). Cached: a fresh jit per training step would recompile."""
-    return jax.jit(lambda params, tokens, kv_mask: completion_logprobs(cfg, params, tokens, kv_mask, prompt_len,
-                                                                       chunk, temperature)[0])
+    (old / reference policy). `batch_sharding`: the [N, P + M] inputs' NamedSharding, to which
+    activations' batch dimension is pinned (parallel.pinned); None: left to the compiler.
+    Each call makes a new jitted function: the caller keeps it."""
+    fn = lambda params, tokens, kv_mask: completion_logprobs(cfg, params, tokens, kv_mask, prompt_len, chunk,
+                                                             temperature)[0]
+    if batch_sharding is not None:
+        fn = parallel.pinned(fn, batch_sharding.mesh, batch_sharding.spec[0])
+    return jax.jit(fn)

@@ -2,12 +2,13 @@
 
     python -m dsrl_jax.tools.memory --config=configs/stage2.py --topology=v5e-8
 
-Builds fake CPU devices shaped like the topology (XLA_FLAGS is set before JAX is
-imported), the config's mesh over them, abstract sharded parameters and optimizer state,
+Builds fake CPU devices shaped like the topology (set before JAX starts its backends),
+the config's mesh over them, abstract sharded parameters and optimizer state,
 and lowers + compiles, with `jax.jit(...).lower(ShapeDtypeStructs).compile()`:
 
   train_step    the real update (rl/update.train_step) of the largest curriculum stage:
-                [num_micro, micro_batch, prompt + response] tokens, the stage's loss
+                rl.batch.abstract_batch [num_micro, micro_batch, prompt + response], the
+                sizes of rl.batch.batch_plan, the stage's loss
   sampler       the real generate program (Sampler._generate) for one sampler call:
                 rollout.prompts_per_sample_call prompts (padded as the Sampler pads them)
                 x group_size samples, cache length prompt bucket + response bucket
@@ -24,19 +25,32 @@ The last printed line is a JSON object with the figures.
 
 Config fields read: model.{init,dtype,param_dtype,scan_layers,remat,attention_impl},
 mesh, sharding_rules, rollout.{batch_prompts,group_size,prompts_per_sample_call,
-cache_dtype,top_k,top_p}, train.{mini_batch_size,micro_batch_size,logprob_chunk}, loss,
-optim, curriculum.stages[*].{max_prompt_len,max_response_len,loss}.
+cache_dtype,top_k,top_p}, train.{mini_batch_size,micro_batch_size,epochs_per_batch,
+logprob_chunk}, loss, optim, curriculum.stages[*].{max_prompt_len,max_response_len,loss}.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 
-from dsrl_jax.tools import topologies
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
 
-_FLAGS_DEFINED = False
+from dsrl_jax import parallel
+from dsrl_jax.models import qwen2
+from dsrl_jax.models.config import Qwen2Config, preset
+from dsrl_jax.rl import batch as batch_lib
+from dsrl_jax.rl import update
+from dsrl_jax.rl.trainer import stage_loss
+from dsrl_jax.sampling import SampleOptions, Sampler, bucket
+from dsrl_jax.tools import throughput, topologies
 
 
 def _preparse_topology(argv) -> str:
@@ -49,23 +63,21 @@ def _preparse_topology(argv) -> str:
 
 
 def setup_fake_devices(num_devices: int) -> None:
-    """Must run before `import jax`."""
-    if "jax" in sys.modules:
-        raise RuntimeError("setup_fake_devices must run before jax is imported")
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
-    os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={num_devices}"])
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    """`num_devices` CPU devices. Must run before JAX starts its backends (any JAX
+    operation): jax.config refuses the device count afterwards (RuntimeError)."""
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join(kept)
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", num_devices)
 
 
-# ---- library (importable once jax is set up) -------------------------------------------
+# ---- library ----------------------------------------------------------------------------
 
 
 def model_config(c, preset_name: str | None = None, num_layers: int | None = None):
     """The Qwen2Config the trainer would build, without reading weights: the `preset:`
     named in model.init, a local HF dir's config.json, or `preset_name` (default: the
     DeepSeek-R1-Distill-Qwen-1.5B architecture, which every paper config starts from)."""
-    from dsrl_jax.models.config import Qwen2Config, preset
-
     m = c.model
     options = dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat=m.remat,
                    attention_impl=m.attention_impl)
@@ -98,16 +110,11 @@ def _stats(compiled) -> dict:
 
 
 def _sds(shape, dtype, sharding):
-    import jax
-
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
 def _per_device_bytes(tree) -> int:
     """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
-    import jax
-    import numpy as np
-
     total = 0
     for x in jax.tree.leaves(tree):
         shard = x.sharding.shard_shape(x.shape)
@@ -117,14 +124,6 @@ def _per_device_bytes(tree) -> int:
 
 def abstract_state(cfg, c, mesh, rules):
     """Sharded ShapeDtypeStructs of the train state {params, opt_state, step, rng}."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from dsrl_jax import parallel
-    from dsrl_jax.models import qwen2
-    from dsrl_jax.rl import update
-
     abstract = qwen2.abstract_params(cfg)
     shardings = parallel.param_shardings(qwen2.logical_axes(cfg), abstract, mesh, rules)
     params = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, shardings)
@@ -142,25 +141,15 @@ def abstract_state(cfg, c, mesh, rules):
     return state, tx
 
 
-def _micro_batch(c, mesh, rules) -> int:
-    """train.micro_batch_size as the trainer resolves it (-1: one sequence per data-parallel device)."""
-    from dsrl_jax import parallel
-    from dsrl_jax.validate import micro_batch_size
-
-    return micro_batch_size(c, parallel.data_parallel_size(mesh, rules))
-
-
-def stage_loss_config(c, stage):
-    from dsrl_jax.rl.trainer import _merged
-
-    return _merged(c.loss, dict(stage.get("loss") or {}))
+def _batch_plan(c, mesh, rules) -> batch_lib.BatchPlan:
+    """The trainer's mini/micro-batch sizes for one rollout batch of the config."""
+    return batch_lib.batch_plan(c.rollout.batch_prompts * c.rollout.group_size, c.train,
+                                parallel.data_parallel_size(mesh, rules))
 
 
 def stage_lengths(stage, exact: bool = False) -> tuple[int, int]:
-    """(prompt, response) lengths of the update's arrays: rollout.assemble pads both to
+    """(prompt, response) lengths of the update's arrays: rl.batch.train_batch pads both to
     buckets capped at the stage's limits (`exact`: the raw limits instead)."""
-    from dsrl_jax.sampling import bucket
-
     p, m = int(stage["max_prompt_len"]), int(stage["max_response_len"])
     return (p, m) if exact else (bucket(p, cap=p), bucket(m, cap=m))
 
@@ -168,38 +157,19 @@ def stage_lengths(stage, exact: bool = False) -> tuple[int, int]:
 def plan_train_step(cfg, c, mesh, rules, state, tx, stage, *, micro_batch=None, seq_len=None, num_micro=None,
                     exact_lengths=False):
     """Lowers and compiles update.train_step for one stage; returns (stats, info)."""
-    import jax
-    import jax.numpy as jnp
-
-    from dsrl_jax import parallel
-    from dsrl_jax.rl import update
-
-    loss_cfg = stage_loss_config(c, stage)
+    loss_cfg = stage_loss(c, stage)
     plen, mlen = stage_lengths(stage, exact_lengths)
     if seq_len:
         mlen = seq_len - plen
-    n = c.rollout.batch_prompts * c.rollout.group_size
-    mini = c.train.mini_batch_size or n
-    micro = min(micro_batch or _micro_batch(c, mesh, rules), mini)
-    nm = num_micro or mini // micro
-    multi_update = c.train.epochs_per_batch > 1 or mini < n
+    plan = _batch_plan(c, mesh, rules)
+    micro = min(micro_batch, plan.mini) if micro_batch else plan.micro
+    nm = num_micro or plan.mini // micro
+    abstract = batch_lib.abstract_batch(nm, micro, plen, mlen, old_logprobs=plan.multi_update,
+                                        ref_logprobs=bool(loss_cfg.kl_coef))
     batch_axes = parallel.batch_sharding(mesh, 1, rules).spec[0]
-    b3 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, batch_axes, None))
-    b2 = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, batch_axes))
-    batch = {
-        "tokens": _sds((nm, micro, plen + mlen), jnp.int32, b3),
-        "kv_mask": _sds((nm, micro, plen + mlen), jnp.bool_, b3),
-        "loss_mask": _sds((nm, micro, mlen), jnp.float32, b3),
-        "truncated": _sds((nm, micro), jnp.bool_, b2),
-        "advantages": _sds((nm, micro), jnp.float32, b2),
-    }
-    if multi_update:
-        batch["old_logprobs"] = _sds((nm, micro, mlen), jnp.float32, b3)
-    if loss_cfg.kl_coef:
-        batch["ref_logprobs"] = _sds((nm, micro, mlen), jnp.float32, b3)
-    batch["normalizer"] = _sds((), jnp.float32, parallel.replicated(mesh))
+    batch_sh = update.batch_shardings(mesh, batch_axes, abstract)
+    batch = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, batch_sh)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
-    batch_sh = jax.tree.map(lambda x: x.sharding, batch)
     fn = update.make_train_step(cfg, loss_cfg, tx, state_sh, batch_sh, plen, c.train.logprob_chunk)
     t0 = time.perf_counter()
     compiled = fn.lower(state, batch).compile()
@@ -210,12 +180,6 @@ def plan_train_step(cfg, c, mesh, rules, state, tx, stage, *, micro_batch=None, 
 
 def plan_sampler(cfg, c, mesh, rules, params, stage, *, prompts_per_call=None):
     """Lowers and compiles the Sampler's generate program for one call; (stats, info)."""
-    import jax
-    import jax.numpy as jnp
-
-    from dsrl_jax import parallel
-    from dsrl_jax.sampling import SampleOptions, Sampler, _static, bucket
-
     r = c.rollout
     sampler = Sampler(cfg, mesh, rules)
     prompts = prompts_per_call or r.prompts_per_sample_call or r.batch_prompts
@@ -232,22 +196,16 @@ def plan_sampler(cfg, c, mesh, rules, params, stage, *, prompts_per_call=None):
             _sds((), jnp.float32, rep), _sds((), jnp.int32, rep))
     t0 = time.perf_counter()
     new = sampler.new_tokens_bucket(opts.max_new_tokens)
-    compiled = sampler._generate.lower(*args, max_new_bucket=new, opts=_static(opts)).compile()
+    compiled = sampler._generate.lower(*args, max_new_bucket=new, opts=opts.static()).compile()
     info = {"prompts_per_call": prompts, "padded_prompts": rows, "sequences": rows * r.group_size,
             "cache_len": plen + new, "compile_s": round(time.perf_counter() - t0, 1)}
     return _stats(compiled), info
 
 
 def plan_logprobs(cfg, c, mesh, rules, params, stage, rows: int, exact_lengths=False):
-    import jax
-    import jax.numpy as jnp
-
-    from dsrl_jax import parallel
-    from dsrl_jax.rl import update
-
     plen, mlen = stage_lengths(stage, exact_lengths)
     sh = parallel.batch_sharding(mesh, 2, rules)
-    fn = update.make_logprob_fn(cfg, plen, c.train.logprob_chunk)
+    fn = update.make_logprob_fn(cfg, plen, c.train.logprob_chunk, batch_sharding=sh)
     t0 = time.perf_counter()
     compiled = fn.lower(params, _sds((rows, plen + mlen), jnp.int32, sh),
                         _sds((rows, plen + mlen), jnp.bool_, sh)).compile()
@@ -263,34 +221,22 @@ def largest_stage(c) -> tuple[int, dict]:
 def run_plan(c, topology: "topologies.Topology", *, micro_batch=None, seq_len=None, num_micro=None,
              prompts_per_call=None, num_layers=None, preset_name=None, logprob_rows=None, exact_lengths=False,
              programs=("train_step", "sampler", "ref_logprobs", "rollout"), rollout_options=None) -> dict:
-    import jax
-
-    from dsrl_jax import parallel
-
     rules = c.sharding_rules.to_dict()
     devices = jax.devices()[: topology.devices]
     mesh = parallel.make_mesh(c.mesh.to_dict(), devices)
     cfg = model_config(c, preset_name, num_layers)
-    import contextlib
-
-    pin = getattr(parallel, "activation_sharding", None)  # pins activations' batch dim
-    with pin(mesh, rules) if pin else contextlib.nullcontext():
-        return _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, prompts_per_call,
-                         logprob_rows, exact_lengths, programs, rollout_options or {})
+    return _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, prompts_per_call,
+                     logprob_rows, exact_lengths, programs, rollout_options or {})
 
 
 def _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, prompts_per_call, logprob_rows,
               exact_lengths, programs, rollout_options):
-    import jax
-
-    from dsrl_jax import parallel
-
     state, tx = abstract_state(cfg, c, mesh, rules)
     si, stage = largest_stage(c)
-    loss_cfg = stage_loss_config(c, stage)
+    loss_cfg = stage_loss(c, stage)
     param_b = _per_device_bytes(state["params"])
     opt_b = _per_device_bytes(state["opt_state"])
-    ref_b = param_b if any(stage_loss_config(c, dict(s)).kl_coef for s in c.curriculum.stages) else 0
+    ref_b = param_b if any(stage_loss(c, dict(s)).kl_coef for s in c.curriculum.stages) else 0
     out = {"topology": topology.name, "devices": topology.devices, "hbm_bytes_per_device": topology.hbm_bytes,
            "mesh": dict(mesh.shape), "stage": stage.get("name", si), "model_params": int(sum(
                x.size for x in jax.tree.leaves(state["params"]))),
@@ -305,14 +251,12 @@ def _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, pr
         s, info = plan_sampler(cfg, c, mesh, rules, state["params"], stage, prompts_per_call=prompts_per_call)
         s["resident_other_bytes"] = opt_b + ref_b  # Adam moments (+ reference) stay in HBM
         out["sampler"] = {**s, **info}
-    if "ref_logprobs" in programs and (loss_cfg.kl_coef or c.train.epochs_per_batch > 1 or c.train.mini_batch_size):
-        rows = logprob_rows or min(_micro_batch(c, mesh, rules), c.rollout.batch_prompts * c.rollout.group_size)
+    if "ref_logprobs" in programs and (loss_cfg.kl_coef or _batch_plan(c, mesh, rules).multi_update):
+        rows = logprob_rows or _batch_plan(c, mesh, rules).micro  # the trainer's rows per log-prob call
         s, info = plan_logprobs(cfg, c, mesh, rules, state["params"], stage, rows, exact_lengths)
         s["resident_other_bytes"] = opt_b + param_b  # the policy's state beside the reference
         out["ref_logprobs"] = {**s, **info}
     if "rollout" in programs:
-        from dsrl_jax.tools import throughput
-
         rollout = throughput.plan_rollout(cfg, c, mesh, rules, state, stage, topology, **rollout_options)
         rollout["resident_other_bytes"] += ref_b
         rollout["total_bytes_per_device"] = rollout["peak_bytes_per_device"] + rollout["resident_other_bytes"]
@@ -353,8 +297,6 @@ def format_table(plan: dict) -> str:
             f" {g(plan['hbm_bytes_per_device'])} {'yes' if p['fits'] else 'NO':>5} {p['flops'] / 1e12:9.1f}"
             f" {p['compile_s']:7.1f}s")
     if "rollout" in plan:
-        from dsrl_jax.tools import throughput
-
         lines.append(throughput.format_rollout(plan["rollout"]))
     return "\n".join(lines)
 
@@ -375,9 +317,6 @@ def summary_json(plan: dict) -> dict:
 
 
 def _define_flags():
-    from absl import flags
-    from ml_collections import config_flags
-
     config_flags.DEFINE_config_file("config", "configs/stage2.py", "Training config file.")
     flags.DEFINE_string("topology", "v5e-8", f"One of: {', '.join(topologies.TOPOLOGIES)}.")
     flags.DEFINE_integer("micro_batch", None, "Override train.micro_batch_size.")
@@ -396,10 +335,6 @@ def _define_flags():
 
 
 def main(argv):
-    import json
-
-    from absl import flags
-
     del argv
     F = flags.FLAGS
     topo = topologies.get(F.topology)
@@ -415,7 +350,5 @@ def main(argv):
 if __name__ == "__main__":
     _topo = topologies.get(_preparse_topology(sys.argv))
     setup_fake_devices(_topo.devices)
-    from absl import app
-
     _define_flags()
     app.run(main)

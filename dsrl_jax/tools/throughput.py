@@ -135,7 +135,7 @@ def _compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill:
     import jax.numpy as jnp
 
     from dsrl_jax import continuous, parallel
-    from dsrl_jax.sampling import _static, bucket
+    from dsrl_jax.sampling import bucket
     from dsrl_jax.tools.memory import _stats
 
     progs = continuous.Programs(sampler, layout)
@@ -147,7 +147,7 @@ def _compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill:
     dec = progs.decode.lower(
         params, state, _sds((g, s, m), jnp.int32, sh(3)), _sds((g, n), jnp.int32, sh(2)), _sds((g, n), jnp.int32, sh(2)),
         _sds((g * s,), jnp.bool_, sh(1)), _sds(key.shape, key.dtype, rep), _sds((), jnp.int32, rep),
-        _sds((), jnp.float32, rep), _sds((), jnp.float32, rep), steps=opts.steps_per_call, opts=_static(opts)).compile()
+        _sds((), jnp.float32, rep), _sds((), jnp.float32, rep), steps=opts.steps_per_call, opts=opts.static()).compile()
     length = -(-bucket(prompt_len, sampler.min_prompt_bucket) // layout.P) * layout.P
     a = bucket(min(s, opts.prefill_rows), 1)  # the largest prefill of a round
     pre = None if not prefill else progs.prefill.lower(
@@ -308,8 +308,7 @@ def plan_sampling_program(cfg, mesh, rules, topology, prompt_len: int, new_token
                                  cache_dtype=cache_dtype, max_in_flight=slots, kv_cache_tokens=kv,
                                  page_size=page_size, steps_per_call=steps_per_call)
             lay = continuous.plan_layout(sampler, slots, kv, page_size, prompt_len, new_tokens)
-            with parallel.activation_sharding(mesh, rules):
-                dec, pre = compile_continuous(sampler, lay, params, opts, prompt_len, cpu_raw=False)
+            dec, pre = compile_continuous(sampler, lay, params, opts, prompt_len, cpu_raw=False)
             points[layers, slots] = (dec["peak_bytes_per_device"], pre["peak_bytes_per_device"])
 
     def predict(which, layers, slots):  # bilinear in (layers, slots) through the 4 compiles

@@ -24,12 +24,12 @@ def tok(record):
 
 
 def pipe(**kw):
-    args = dict(batch_prompts=9, group_size=2, max_prompt_len=None, tokenize_fn=tok, seed=0)
+    args = dict(batch_prompts=9, max_prompt_len=None, tokenize_fn=tok, seed=0)
     return PromptPipeline(make_records(), **{**args, **kw})
 
 
 def ids(batch):
-    return [r["id"] for r in batch.unique_records()]
+    return [r["id"] for r in batch.records]
 
 
 @pytest.mark.parametrize("total,weights,expected", [
@@ -43,20 +43,17 @@ def test_largest_remainder(total, weights, expected):
 
 
 def test_mixture_holds_in_every_batch():
-    p = pipe(batch_prompts=31, mixture={"math": 2.1, "code": 1}, group_size=3)
+    p = pipe(batch_prompts=31, mixture={"math": 2.1, "code": 1})
     assert p.shares == {"math": 21, "code": 10}
     seen = collections.Counter()
     for _ in range(40):  # many epochs of both components
         b = next(p)
-        assert len(b.records) == 31 * 3 and b.num_prompts == 31
-        counts = collections.Counter(r["domain"] for r in b.unique_records())
+        assert len(b.records) == len(b.prompt_ids) == len(b.component) == b.num_prompts == 31
+        counts = collections.Counter(r["domain"] for r in b.records)
         assert counts == {"math": 21, "code": 10}
-        assert b.group.tolist() == [i // 3 for i in range(93)]
-        for i in range(31):  # each prompt repeated into its group
-            rows = range(3 * i, 3 * i + 3)
-            assert len({b.records[j]["id"] for j in rows}) == 1
-            assert all(b.prompt_ids[j] == tok(b.records[3 * i]) for j in rows)
-            assert all(b.component[j] == b.records[j]["domain"] for j in rows)
+        for i in range(31):  # each prompt once, with its tokens and mixture component
+            assert b.prompt_ids[i] == tok(b.records[i])
+            assert b.component[i] == b.records[i]["domain"]
         seen.update(ids(b))
     # every epoch visits every record once: counts differ by at most one per component
     math_counts = [seen[f"m{i}"] for i in range(23)] + [seen["n0"]]
@@ -82,7 +79,7 @@ def test_filters_by_level_domain_and_source():
     assert {i for _ in range(5) for i in ids(next(p))} == {f"c{i}" for i in range(11)}
     p = pipe(mixture={"lcb": 1, "cf": 2}, batch_prompts=6)
     b = next(p)
-    assert [r["source"] for r in b.unique_records()] == ["lcb"] * 2 + ["cf"] * 4
+    assert [r["source"] for r in b.records] == ["lcb"] * 2 + ["cf"] * 4
     with pytest.raises(ValueError, match="'code' matches no record"):
         pipe(select={"levels": ["L2"]}, mixture={"math": 1, "code": 1})
     with pytest.raises(ValueError, match="unknown keys"):

@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dsrl_jax import parallel
 from dsrl_jax.models import qwen2
 from dsrl_jax.models.config import preset
+from dsrl_jax.rl import batch as batch_lib
 from dsrl_jax.rl import grpo, rollout, update
 from dsrl_jax.rl.logprobs import completion_logprobs
 
@@ -58,14 +59,13 @@ def make_groups(num_groups=4, group_size=4, seed=0, max_prompt=12, max_len=16):
 
 
 def make_batch(num_groups=4, group_size=4, seed=0, old_noise=0.05):
-    """A full rollout batch as the trainer builds it (assemble + old/ref log-probs)."""
-    batch = rollout.assemble(make_groups(num_groups, group_size, seed), num_groups, "group", 1e-6)
-    prompt_len = batch.pop("prompt_len")
-    lp, _ = LOGPROBS(CFG, init_params(1), batch["tokens"], batch["kv_mask"], prompt_len, 8)
+    """A full rollout batch as the trainer builds it (train_batch + old/ref log-probs)."""
+    batch, prompt_len = batch_lib.train_batch(make_groups(num_groups, group_size, seed), num_groups, "group", 1e-6)
+    lp, _ = LOGPROBS(CFG, init_params(1), batch.tokens, batch.kv_mask, prompt_len, 8)
     rng = np.random.default_rng(seed + 1)
     lp = np.asarray(lp)
-    batch["old_logprobs"] = (lp + old_noise * rng.standard_normal(lp.shape)).astype(np.float32)
-    batch["ref_logprobs"] = (lp + old_noise * rng.standard_normal(lp.shape)).astype(np.float32)
+    batch = batch.replace(old_logprobs=(lp + old_noise * rng.standard_normal(lp.shape)).astype(np.float32),
+                          ref_logprobs=(lp + old_noise * rng.standard_normal(lp.shape)).astype(np.float32))
     return batch, prompt_len
 
 
@@ -80,11 +80,8 @@ def loss_config(**overrides):
 
 def to_micro(batch, num_micro, loss_cfg):
     """The trainer's mini-batch layout: [num_micro, micro, ...] plus the normalizer."""
-    n = batch["tokens"].shape[0]
-    mb = next(rollout.minibatches(batch, n, n // num_micro, None))
-    mb["normalizer"] = np.asarray(grpo.loss_normalizer(batch["loss_mask"], batch["truncated"], loss_cfg),
-                                  np.float32)
-    return mb
+    n = batch.tokens.shape[0]
+    return next(batch_lib.minibatches(batch, batch_lib.BatchPlan(n, n, n // num_micro, 1), loss_cfg))
 
 
 def optimizer():
@@ -105,11 +102,11 @@ def run_step(mesh, mb, loss_cfg, prompt_len, params=None, chunk=8):
     before = jax.device_get(state["params"])
     batch_axes = parallel.batch_sharding(mesh, 1, RULES).spec[0]
     batch_sh = update.batch_shardings(mesh, batch_axes, mb)
-    key = (tuple(mesh.shape.items()), mb["tokens"].shape, str(loss_cfg), prompt_len, chunk)
+    key = (tuple(mesh.shape.items()), mb.tokens.shape, str(loss_cfg), prompt_len, chunk)
     if key not in _STEPS:
         _STEPS[key] = update.make_train_step(CFG, loss_cfg, tx, state_sh, batch_sh, prompt_len, chunk)
     step = _STEPS[key]
-    new_state, metrics = step(state, rollout.to_device(mb, batch_sh))
+    new_state, metrics = step(state, batch_lib.to_device(mb, batch_sh))
     return before, new_state, jax.device_get(metrics), state_sh
 
 
@@ -131,7 +128,7 @@ def single_device_mesh():
 def full_logits_reference():
     """Log-probs and entropies from the model's full [B, T, V] logits and one log_softmax."""
     batch, plen = make_batch(num_groups=2, group_size=2)
-    tokens, kv_mask = jnp.asarray(batch["tokens"]), jnp.asarray(batch["kv_mask"])
+    tokens, kv_mask = jnp.asarray(batch.tokens), jnp.asarray(batch.kv_mask)
     m = tokens.shape[1] - plen
     params = init_params(0)
     logits, _ = jax.jit(qwen2.forward, static_argnums=0)(CFG, params, tokens, qwen2.positions_from_mask(kv_mask),
@@ -146,23 +143,23 @@ def full_logits_reference():
 @pytest.mark.parametrize("chunk", [4, 6, 16, 1024])
 def test_chunked_logprobs_equal_full_log_softmax(full_logits_reference, chunk):
     batch, plen, params, ref_lp, ref_ent = full_logits_reference
-    tokens, kv_mask = jnp.asarray(batch["tokens"]), jnp.asarray(batch["kv_mask"])
+    tokens, kv_mask = jnp.asarray(batch.tokens), jnp.asarray(batch.kv_mask)
     m = tokens.shape[1] - plen
     assert m == 16
     lp, ent = LOGPROBS(CFG, params, tokens, kv_mask, plen, chunk)
     assert lp.shape == ent.shape == (tokens.shape[0], m)
-    mask = batch["loss_mask"] > 0
+    mask = batch.loss_mask > 0
     np.testing.assert_allclose(np.asarray(lp)[mask], np.asarray(ref_lp)[mask], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(ent)[mask], np.asarray(ref_ent)[mask], rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ masked positions
 def _loss_and_grads(params, mb, loss_cfg, prompt_len):
-    key = ("grad", str(loss_cfg), prompt_len, mb["tokens"].shape)
+    key = ("grad", str(loss_cfg), prompt_len, mb.tokens.shape)
     if key not in _STEPS:
         _STEPS[key] = jax.jit(jax.value_and_grad(
             lambda p, b: update._micro_loss(p, b, cfg=CFG, loss_cfg=loss_cfg, prompt_len=prompt_len, chunk=8,
-                                            normalizer=b["normalizer"]), has_aux=True))
+                                            normalizer=b.normalizer), has_aux=True))
     (loss, _), grads = _STEPS[key](params, mb)
     return np.asarray(loss), jax.device_get(grads)
 
@@ -171,22 +168,22 @@ def _loss_and_grads(params, mb, loss_cfg, prompt_len):
 def test_masked_positions_change_neither_loss_nor_gradients(mask_truncated):
     loss_cfg = loss_config(mask_truncated=mask_truncated)
     batch, plen = make_batch(num_groups=2, group_size=4)
-    batch["normalizer"] = np.asarray(grpo.loss_normalizer(batch["loss_mask"], batch["truncated"], loss_cfg),
-                                     np.float32)
+    batch = batch.replace(normalizer=np.asarray(grpo.loss_normalizer(batch.loss_mask, batch.truncated, loss_cfg),
+                                                np.float32))
     params = init_params(0)
     loss, grads = _loss_and_grads(params, batch, loss_cfg, plen)
     assert np.isfinite(loss) and loss != 0
 
     rng = np.random.default_rng(7)
-    garbled = {k: v.copy() for k, v in batch.items()}
-    kv = batch["kv_mask"]
+    garbled = jax.tree.map(np.copy, batch)
+    kv = batch.kv_mask
     # Prompt left-padding and completion padding: kv_mask False.
     pad = ~kv
     assert pad[:, :plen].any() and pad[:, plen:].any()
-    garbled["tokens"][pad] = rng.integers(3, CFG.vocab_size, pad.sum())
-    comp_pad = batch["loss_mask"] == 0
+    garbled.tokens[pad] = rng.integers(3, CFG.vocab_size, pad.sum())
+    comp_pad = batch.loss_mask == 0
     for k in ("old_logprobs", "ref_logprobs"):
-        garbled[k][comp_pad] = rng.choice([np.nan, np.inf, -np.inf, 123.0], comp_pad.sum())
+        getattr(garbled, k)[comp_pad] = rng.choice([np.nan, np.inf, -np.inf, 123.0], comp_pad.sum())
     loss2, grads2 = _loss_and_grads(params, garbled, loss_cfg, plen)
     assert loss2 == loss
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2)):
@@ -194,13 +191,13 @@ def test_masked_positions_change_neither_loss_nor_gradients(mask_truncated):
 
     # Truncated responses: masked by stage 2's mask_truncated, so their completion tokens
     # (real, attended tokens) and log-probs must not matter then -- and must otherwise.
-    trunc = np.flatnonzero(batch["truncated"])
+    trunc = np.flatnonzero(batch.truncated)
     assert len(trunc)
-    garbled2 = {k: v.copy() for k, v in garbled.items()}
-    comp = garbled2["tokens"][:, plen:]
+    garbled2 = jax.tree.map(np.copy, garbled)
+    comp = garbled2.tokens[:, plen:]
     comp[trunc] = rng.integers(3, CFG.vocab_size, comp[trunc].shape)
-    garbled2["old_logprobs"][trunc] += 1.0
-    garbled2["ref_logprobs"][trunc] -= 1.0
+    garbled2.old_logprobs[trunc] += 1.0
+    garbled2.ref_logprobs[trunc] -= 1.0
     loss3, grads3 = _loss_and_grads(params, garbled2, loss_cfg, plen)
     if mask_truncated:
         assert loss3 == loss
@@ -216,7 +213,7 @@ def parity_data():
     loss_cfg = loss_config()
     batch, plen = make_batch(num_groups=4, group_size=4)  # 16 sequences
     mb = to_micro(batch, 2, loss_cfg)  # two micro-batches of 8: gradient accumulation
-    assert mb["tokens"].shape[:2] == (2, 8)
+    assert mb.tokens.shape[:2] == (2, 8)
     ref = run_step(single_device_mesh(), mb, loss_cfg, plen)
     return loss_cfg, batch, plen, mb, ref
 
@@ -259,7 +256,7 @@ def test_sharded_step_matches_single_device(parity_data, mesh_shape, embed_spec)
 def test_two_micro_batches_equal_one(parity_data):
     loss_cfg, batch, plen, mb2, (_, state2, metrics2, _) = parity_data
     mb1 = to_micro(batch, 1, loss_cfg)
-    assert mb1["tokens"].shape[:2] == (1, 16)
+    assert mb1.tokens.shape[:2] == (1, 16)
     _, state1, metrics1, _ = run_step(single_device_mesh(), mb1, loss_cfg, plen)
     for k in ("loss", "pg_loss", "kl", "entropy", "grad_norm", "num_tokens", "ratio_mean", "approx_kl",
               "clip_frac_high", "clip_frac_low"):
@@ -271,7 +268,7 @@ def test_two_micro_batches_equal_one(parity_data):
 def test_non_finite_loss_skips_update():
     loss_cfg = loss_config()
     batch, plen = make_batch(num_groups=4, group_size=4)  # the parity test's shapes: no new compile
-    batch["advantages"][1] = np.nan
+    batch.advantages[1] = np.nan
     mb = to_micro(batch, 2, loss_cfg)
     mesh = parallel.make_mesh({"fsdp": 4, "tensor": 2})
     params = init_params(0)
@@ -286,7 +283,7 @@ def test_non_finite_loss_skips_update():
         np.testing.assert_array_equal(a, b)
 
     # The same batch without the NaN updates.
-    batch["advantages"][1] = 0.5
+    batch.advantages[1] = 0.5
     _, state, metrics, _ = run_step(mesh, to_micro(batch, 2, loss_cfg), loss_cfg, plen, params=params)
     assert metrics["skipped"] == 0.0 and np.isfinite(metrics["loss"])
     assert any(not np.array_equal(a, b) for a, b in
