@@ -20,11 +20,10 @@ setup(
         "flax==0.12.8",
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12.8",
-        "grain>=0.2.18",
         "transformers>=5.0,<6",
         "jinja2>=3.1",  # chat templates (apply_chat_template); torch is not there to pull it in
         "pyarrow>=15",  # the hub benchmarks (AIME24, MATH-500, ...) are parquet
-        "safetensors>=0.5",
+        "safetensors>=0.8",  # safe_open(framework="numpy") returns bf16 as ml_dtypes.bfloat16
         "ml_dtypes",  # bf16 safetensors without torch
         "huggingface_hub",
         "sympy",

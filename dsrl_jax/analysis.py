@@ -20,7 +20,8 @@ import re
 import tempfile
 from typing import Iterable, Mapping, Sequence
 
-from dsrl_jax.metrics import read_jsonl
+from dsrl_jax.data.levels import DEFAULT_PROXIES, level_counts
+from dsrl_jax.metrics import read_jsonl, read_metrics
 
 NAN = float("nan")
 
@@ -103,8 +104,6 @@ def metric_columns(records: Iterable[Mapping]) -> dict[str, list]:
 
 def load_metrics(workdir: str) -> dict[str, list]:
     """Columns of `<workdir>/metrics.jsonl` (or of that file)."""
-    from dsrl_jax.metrics import read_metrics
-
     return metric_columns(read_metrics(workdir))
 
 
@@ -205,8 +204,6 @@ def load_score_log(path: str) -> list[dict]:
 
 def proxies_of(records: Iterable[Mapping]) -> list[str]:
     """Proxy names with rates, the paper's proxies first (weakest to strongest)."""
-    from dsrl_jax.data.levels import DEFAULT_PROXIES
-
     seen = collections.Counter(p for r in records for p in (r.get("pass_rates") or {}))
     known = [p for p in DEFAULT_PROXIES if p in seen]
     return known + sorted(p for p in seen if p not in known)
@@ -236,8 +233,6 @@ def level_names(records: Iterable[Mapping]) -> list[str]:
 def level_domain_counts(records: Sequence[Mapping]) -> tuple[list[str], list[str], dict[str, dict[str, int]]]:
     """(levels, domains, {level: {domain: count}}); a record counts under each of its
     levels (they overlap), "-" = kept but in no level."""
-    from dsrl_jax.data.levels import level_counts
-
     counts = level_counts(list(records))
     levels = level_names(records)
     domains = sorted({d for _, d in counts})

@@ -1,5 +1,8 @@
 """Evaluation metrics: pass@1, unbiased pass@k, maj@k and mean reward, as pure functions.
 
+The one definition of a correct sample, of pass@k and of the k reported; the grade CLI
+(`dsrl_jax.grade`) and evaluation (`dsrl_jax.evaluate`) both summarise with it.
+
 Every function takes per-problem lists of samples (in sample order) so the numbers in
 summary.json can be recomputed from responses.jsonl alone:
 
@@ -13,6 +16,7 @@ A sample is *correct* when its reward is >= 1: a math reward is 0/1, and a code 
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -25,13 +29,12 @@ def is_correct(reward: float) -> bool:
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased estimate of pass@k from n samples of which c are correct (Chen et al. 2021):
-    1 - C(n-c, k) / C(n, k). The estimator is grade.py's (one definition for both CLIs);
-    this adds the argument check, since a wrong count would silently give a wrong rate."""
-    from dsrl_jax.grade import pass_at_k as estimator
-
+    1 - C(n-c, k) / C(n, k). A wrong count would silently give a wrong rate, so it is checked."""
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    return float(estimator(n, c, k))
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def ks_for(n: int) -> list[int]:
@@ -40,6 +43,16 @@ def ks_for(n: int) -> list[int]:
     while ks[-1] * 2 < n:
         ks.append(ks[-1] * 2)
     return ks + ([n] if n > 1 else [])
+
+
+def pass_at_ks(correct: Mapping[str, Sequence[bool]]) -> dict[str, float]:
+    """{"pass@k": mean over problems} for k in ks_for(the fewest samples any problem has);
+    `correct` holds each problem's per-sample verdicts (problems may have different counts)."""
+    if not correct:
+        return {}
+    counts = [(len(v), int(sum(v))) for v in correct.values()]
+    return {f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for n, c in counts]))
+            for k in ks_for(min(n for n, _ in counts))}
 
 
 def _vote_key(answer) -> str | None:
@@ -86,9 +99,7 @@ def summarize(by_problem: Mapping[str, Sequence[Mapping]], domain: str, n: int) 
             raise ValueError(f"problem {pid!r} has {len(samples)} samples, expected {n}")
     correct = np.array([[is_correct(s["reward"]) for s in samples] for samples in by_problem.values()])
     rewards = np.array([[float(s["reward"]) for s in samples] for samples in by_problem.values()])
-    out: dict = {}
-    for k in ks_for(n):
-        out[f"pass@{k}"] = float(np.mean([pass_at_k(n, int(c), k) for c in correct.sum(axis=1)]))
+    out = pass_at_ks(dict(zip(by_problem, correct.tolist())))
     if domain == "math":
         for k in ks_for(n)[1:]:
             out[f"maj@{k}"] = float(np.mean([majority_correct(s[:k]) for s in by_problem.values()]))

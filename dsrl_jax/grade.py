@@ -9,7 +9,8 @@ OUT gets one line per graded response: {"id", "sample", "reward", "correct", "de
 The last line of stdout is a summary JSON object: n_problems, n_responses, mean_reward,
 pass@1 and pass@k for k = 2, 4, ... up to the fewest samples any problem has, plus that
 number itself; pass@k is the unbiased estimator 1 - C(n-c, k) / C(n, k) averaged over
-problems, where a response is correct when every reward component scored 1.
+problems, where a response is correct when its reward is >= 1 (dsrl_jax.eval_metrics, the
+definition evaluation uses too).
 
 Every argument is checked before any work starts; a fatal input error prints one line
 `grade: error: ...` naming the argument and exits 2 (1 when nothing could be graded or
@@ -27,33 +28,9 @@ import sys
 
 from tqdm import tqdm
 
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k for one problem with n samples of which c are correct."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def ks_for(min_samples: int) -> list[int]:
-    ks, k = [], 1
-    while k <= min_samples:
-        ks.append(k)
-        k *= 2
-    return ks + ([min_samples] if min_samples and min_samples not in ks else [])
-
-
-def summarize(by_problem: dict[str, list[bool]], rewards: list[float]) -> dict:
-    summary = {
-        "n_problems": len(by_problem),
-        "n_responses": len(rewards),
-        "mean_reward": sum(rewards) / len(rewards) if rewards else 0.0,
-    }
-    if by_problem:
-        for k in ks_for(min(len(v) for v in by_problem.values())):
-            per_problem = [pass_at_k(len(v), sum(v), k) for v in by_problem.values()]
-            summary[f"pass@{k}"] = sum(per_problem) / len(per_problem)
-    return summary
+from dsrl_jax import eval_metrics
+from dsrl_jax.data.adapters import ADAPTERS, BadLine, load_problems, parse_line
+from dsrl_jax.rewards import DEFAULT_CONFIG, RewardPool, parse_reward_config, sandbox
 
 
 class GradeError(Exception):
@@ -71,15 +48,13 @@ class _Parser(argparse.ArgumentParser):
 
 def read_responses(path: str) -> tuple[list[dict], int]:
     """{id, response} rows of a JSONL file; lines that are not such rows are counted."""
-    from dsrl_jax.data.adapters import _BadLine, _parse_line
-
     rows, bad = [], 0
     with open(path, "rb") as f:
         for n, line in enumerate(f):
             if not line.strip():
                 continue
-            row = _parse_line(line, n + 1)
-            if (not isinstance(row, _BadLine) and isinstance(row, dict)
+            row = parse_line(line, n + 1)
+            if (not isinstance(row, BadLine) and isinstance(row, dict)
                     and isinstance(row.get("response"), str) and isinstance(row.get("id"), (str, int))):  # fmt: skip
                 rows.append({"id": str(row["id"]), "response": row["response"]})
             else:
@@ -103,8 +78,6 @@ def _readable(name: str, path: str) -> None:
 
 
 def _reward_config(args) -> dict:
-    from dsrl_jax.rewards import DEFAULT_CONFIG, parse_reward_config
-
     if args.rewards:
         try:
             cfg = json.loads(args.rewards)
@@ -127,8 +100,6 @@ def _reward_config(args) -> dict:
 
 def parse_args(argv: list[str] | None):
     """Parse and check every argument before any work starts (GradeError names the bad one)."""
-    from dsrl_jax.data.adapters import ADAPTERS
-
     p = _Parser(prog="python -m dsrl_jax.grade", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--data", required=True, help="problems file (any supported format)")
@@ -163,9 +134,6 @@ def parse_args(argv: list[str] | None):
 def grade(argv: list[str] | None = None) -> dict:
     """The CLI's work; raises GradeError for anything fatal (main prints it)."""
     args, cfg = parse_args(argv)
-    from dsrl_jax.data.adapters import load_problems
-    from dsrl_jax.rewards import RewardPool, sandbox
-
     try:
         records, report = load_problems(args.data, args.format)
     except (OSError, ValueError) as e:
@@ -205,7 +173,7 @@ def grade(argv: list[str] | None = None) -> dict:
                     res = fut.result()
                 except sandbox.SandboxUnavailable as e:
                     raise GradeError(f"{e} ({len(rewards)} responses graded before it)", code=1) from None
-                correct = bool(res.info.get("correct", False))
+                correct = eval_metrics.is_correct(res.score)
                 line = {"id": row["id"], "sample": len(by_problem[row["id"]]), "reward": res.score,
                         "correct": correct, "details": res.info}  # fmt: skip
                 by_problem[row["id"]].append(correct)
@@ -216,7 +184,8 @@ def grade(argv: list[str] | None = None) -> dict:
     finally:
         if out:
             out.close()
-    summary = summarize(by_problem, rewards)
+    summary = {"n_problems": len(by_problem), "n_responses": len(rewards),
+               "mean_reward": sum(rewards) / len(rewards) if rewards else 0.0, **eval_metrics.pass_at_ks(by_problem)}
     summary.update(skipped_problem_rows=report.skipped, malformed_responses=bad_lines, unknown_ids=unknown)
     print(json.dumps(summary))
     return summary

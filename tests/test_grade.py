@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dsrl_jax.grade import ks_for, pass_at_k
+from dsrl_jax.eval_metrics import ks_for, pass_at_k
 from tests.conftest import REPO, shared_path
 
 

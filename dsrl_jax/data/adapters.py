@@ -16,6 +16,9 @@ Supported row formats (auto-detected per row, or forced with `format=`):
   code_contests HF deepmind/code_contests: public_tests / private_tests {input, output}
   humaneval     {task_id, prompt, test, entry_point}
   mbpp          {task_id, text, test_list, test_setup_code?}
+Rows keep `pass_rates`, `levels` and `level` (a scored dataset loads straight back).
+`load_rows` is the one loop that adapts rows; `load_problems` (a file or a list of rows)
+and `dsrl_jax.data.sources.load_source` (files, folders, hub datasets) both call it.
 A malformed row is skipped and counted in the report (with a few examples), never fatal.
 """
 from __future__ import annotations
@@ -30,11 +33,14 @@ import pathlib
 import pickle
 import re
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from dsrl_jax.data.schema import code_record, math_record, validate_record, validate_test
+from dsrl_jax.rewards.code import fn_name_from_starter
+from dsrl_jax.rewards.math import last_boxed
 
 MAX_DECOMPRESSED = 1 << 30  # a corrupt or hostile zlib stream must not eat the host
+CARRIED = ("pass_rates", "levels", "level")  # scoring results a row keeps through any adapter
 
 
 @dataclasses.dataclass
@@ -44,10 +50,11 @@ class SkipReport:
     reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     examples: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     formats: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    filtered: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # not errors
 
     @property
     def skipped(self) -> int:
-        return self.total - self.loaded
+        return self.total - self.loaded - sum(self.filtered.values())
 
     def skip(self, index: int, reason: str) -> None:
         self.reasons[reason.split(":")[0]] += 1
@@ -58,6 +65,8 @@ class SkipReport:
         text = f"{self.total} rows: {self.loaded} loaded, {self.skipped} skipped"
         if self.skipped:
             text += f" {dict(self.reasons)}; e.g. " + "; ".join(f"row {i}: {r}" for i, r in self.examples)
+        if self.filtered:
+            text += f", {sum(self.filtered.values())} filtered {dict(self.filtered)}"
         return text
 
 
@@ -80,7 +89,7 @@ def read_rows(path: str | pathlib.Path) -> list:
         rows = []
         for n, line in enumerate(raw.split(b"\n")):
             if line.strip():
-                rows.append(_parse_line(line, n + 1))
+                rows.append(parse_line(line, n + 1))
         return rows
     try:
         data = json.loads(raw.decode("utf-8"))
@@ -100,19 +109,19 @@ def read_rows(path: str | pathlib.Path) -> list:
     return data
 
 
-def _parse_line(line: bytes, number: int):
-    """One JSONL line as a value, or a _BadLine saying why it is not one."""
+def parse_line(line: bytes, number: int):
+    """One JSONL line as a value, or a BadLine saying why it is not one."""
     try:
         return json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as e:
-        return _BadLine(f"line {number} is not UTF-8 (byte {e.start})")
+        return BadLine(f"line {number} is not UTF-8 (byte {e.start})")
     except RecursionError:
-        return _BadLine(f"line {number} nests too deeply")
+        return BadLine(f"line {number} nests too deeply")
     except ValueError as e:
-        return _BadLine(f"line {number} is not JSON: {e}")
+        return BadLine(f"line {number} is not JSON: {e}")
 
 
-class _BadLine(str):
+class BadLine(str):
     """A JSONL line that did not parse: kept so the report counts it."""
 
 
@@ -203,8 +212,6 @@ def _row_id(row: dict, index: int, source: str) -> str:
 
 
 def _fn_name(row: dict) -> str | None:
-    from dsrl_jax.rewards.code import fn_name_from_starter
-
     meta = row.get("metadata")
     if isinstance(meta, str) and meta.strip().startswith("{"):
         meta = json.loads(meta)
@@ -242,8 +249,6 @@ def _canonical_tests(row: dict) -> bool:
 
 
 def adapt_math(row, index, source):
-    from dsrl_jax.rewards.math import last_boxed
-
     problem = row.get("problem") or row.get("question")
     answer = next((row[k] for k in ("answer", "gt_answer", "final_answer") if row.get(k) not in (None, "")), None)
     if answer is None and row.get("solution"):
@@ -350,6 +355,62 @@ def detect_format(row: dict) -> str:
     raise ValueError(f"unrecognized row format; keys: {sorted(row)[:12]}")
 
 
+def _check_pass_rates(rates) -> None:
+    if not isinstance(rates, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+            for k, v in rates.items()):
+        raise ValueError(f"pass_rates must map proxy names to numbers in [0, 1], got {str(rates)[:100]}")
+
+
+def adapt_row(row, index: int, source: str, fmt: str) -> tuple[dict, str]:
+    """(canonical record with `pass_rates` / `levels` / `level` carried over, format name)."""
+    if isinstance(row, BadLine):
+        raise ValueError(str(row))
+    if not isinstance(row, dict):
+        raise ValueError(f"row is a {type(row).__name__}, not an object")
+    name = detect_format(row) if fmt == "auto" else fmt
+    record = ADAPTERS[name](row, index, source)
+    for key in CARRIED:
+        if row.get(key) is not None and key not in record:
+            record[key] = row[key]
+    if "pass_rates" in record:
+        _check_pass_rates(record["pass_rates"])
+    if "levels" in record and not (isinstance(record["levels"], list) and all(isinstance(x, str) for x in record["levels"])):
+        raise ValueError(f"levels must be a list of names, got {record['levels']!r}")
+    return record, name
+
+
+def load_rows(rows: list, fmt: str, source: str, report: SkipReport, records: list[dict], seen: set[str], *,
+              id_prefix: str = "", domain: str | None = None,
+              drop: Callable[[dict], str | None] | None = None) -> None:
+    """Adapt `rows` into `records` (appended), counting every row in `report`.
+
+    A row that does not adapt, repeats an id in `seen` (after `id_prefix`) or belongs to
+    the other `domain` is skipped and counted with its reason, never fatal; a record for
+    which `drop(record)` names a reason is counted as filtered (not an error).
+    """
+    report.total += len(rows)
+    for index, row in enumerate(rows):
+        try:
+            record, name = adapt_row(row, index, source, fmt)
+            record["id"] = id_prefix + record["id"]
+            if record["id"] in seen:
+                raise ValueError(f"duplicate id {record['id']!r}")
+            if domain and record["domain"] != domain:
+                raise ValueError(f"domain mismatch: a {record['domain']} row in a {domain} source")
+        except Exception as e:  # a bad row is counted, never fatal
+            report.skip(index, f"{type(e).__name__}: {e}")
+            continue
+        why = drop(record) if drop else None
+        if why:
+            report.filtered[why] += 1
+            continue
+        seen.add(record["id"])
+        records.append(record)
+        report.formats[name] += 1
+        report.loaded += 1
+
+
 def load_problems(path_or_rows: str | pathlib.Path | Iterable[dict], format: str = "auto") -> tuple[list[dict], SkipReport]:
     """Canonical records from a file or rows; malformed rows are skipped and reported.
 
@@ -361,23 +422,6 @@ def load_problems(path_or_rows: str | pathlib.Path | Iterable[dict], format: str
         source, rows = pathlib.Path(path_or_rows).stem, read_rows(path_or_rows)
     else:
         source, rows = "row", list(path_or_rows)
-    report, records, seen = SkipReport(total=len(rows)), [], set()
-    for index, row in enumerate(rows):
-        try:
-            if isinstance(row, _BadLine):
-                raise ValueError(str(row))
-            if not isinstance(row, dict):
-                raise ValueError(f"row is a {type(row).__name__}, not an object")
-            name = detect_format(row) if format == "auto" else format
-            record = ADAPTERS[name](row, index, source)
-            if record["id"] in seen:
-                raise ValueError(f"duplicate id {record['id']!r}")
-        except (ValueError, KeyError, TypeError, SyntaxError, AttributeError, zlib.error,
-                pickle.UnpicklingError, EOFError, RecursionError, MemoryError) as e:  # fmt: skip
-            report.skip(index, f"{type(e).__name__}: {e}")
-            continue
-        seen.add(record["id"])
-        records.append(record)
-        report.formats[name] += 1
-    report.loaded = len(records)
+    report, records = SkipReport(), []
+    load_rows(rows, format, source, report, records, set())
     return records, report

@@ -26,7 +26,6 @@ pyarrow. Offline, or without the files cached, it fails with a message that says
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import fnmatch
 import glob
@@ -34,32 +33,23 @@ import os
 import pathlib
 from collections.abc import Mapping
 
-from dsrl_jax.data.adapters import ADAPTERS, SkipReport, detect_format, read_rows
+from dsrl_jax.data.adapters import ADAPTERS, SkipReport, load_rows, read_rows
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 SPEC_KEYS = {"path", "hub", "split", "subset", "revision", "files", "format", "domain", "name",
              "id_prefix", "filters"}
 FILTER_KEYS = {"date_from", "date_to", "limit"}
-CARRIED = ("pass_rates", "levels", "level")
 
 
 @dataclasses.dataclass
 class SourceReport(SkipReport):
-    """SkipReport plus the source's name, its files and rows filtered out (not errors)."""
+    """SkipReport plus the source's name and its files."""
 
     name: str = ""
     files: list[str] = dataclasses.field(default_factory=list)
-    filtered: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-
-    @property
-    def skipped(self) -> int:
-        return self.total - self.loaded - sum(self.filtered.values())
 
     def __str__(self) -> str:
-        text = f"{self.name}: " + super().__str__()
-        if self.filtered:
-            text += f", {sum(self.filtered.values())} filtered {dict(self.filtered)}"
-        return text
+        return f"{self.name}: " + super().__str__()
 
 
 def _plain(spec) -> dict:
@@ -138,31 +128,6 @@ def _date_ok(record: dict, filters: Mapping) -> str | None:
     return None
 
 
-def _check_pass_rates(rates) -> None:
-    if not isinstance(rates, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
-            for k, v in rates.items()):
-        raise ValueError(f"pass_rates must map proxy names to numbers in [0, 1], got {str(rates)[:100]}")
-
-
-def adapt_row(row, index: int, file_source: str, fmt: str) -> tuple[dict, str]:
-    """(canonical record with `pass_rates` / `levels` / `level` carried over, format name)."""
-    if isinstance(row, str):  # a JSONL line that did not parse (adapters.read_rows keeps it)
-        raise ValueError(str(row))
-    if not isinstance(row, dict):
-        raise ValueError(f"row is a {type(row).__name__}, not an object")
-    name = detect_format(row) if fmt == "auto" else fmt
-    record = ADAPTERS[name](row, index, file_source)
-    for key in CARRIED:
-        if row.get(key) is not None and key not in record:
-            record[key] = row[key]
-    if "pass_rates" in record:
-        _check_pass_rates(record["pass_rates"])
-    if "levels" in record and not (isinstance(record["levels"], list) and all(isinstance(x, str) for x in record["levels"])):
-        raise ValueError(f"levels must be a list of names, got {record['levels']!r}")
-    return record, name
-
-
 def load_source(spec) -> tuple[list[dict], SourceReport]:
     """Records of one source spec (see the module docstring) and a report of skips/filters."""
     spec = _plain(spec)
@@ -187,34 +152,20 @@ def load_source(spec) -> tuple[list[dict], SourceReport]:
         default_name = spec["hub"]
     _require_pyarrow(files)
     report = SourceReport(name=spec.get("name") or default_name, files=files)
-    records, seen, limit, prefix = [], set(), filters.get("limit"), spec.get("id_prefix") or ""
+    records, seen, limit = [], set(), filters.get("limit")
+
+    def drop(record: dict) -> str | None:
+        return _date_ok(record, filters) or ("limit" if limit is not None and len(records) >= limit else None)
+
     for path in files:
-        file_source = pathlib.Path(path).name.split(".")[0]
-        rows = read_rows(path)
-        report.total += len(rows)
-        for index, row in enumerate(rows):
-            try:
-                record, name = adapt_row(row, index, file_source, fmt)
-                record["id"] = prefix + record["id"]
-                if record["id"] in seen:
-                    raise ValueError(f"duplicate id {record['id']!r}")
-                if domain and record["domain"] != domain:
-                    raise ValueError(f"domain mismatch: a {record['domain']} row in a {domain} source")
-            except Exception as e:  # a bad row is counted, never fatal
-                report.skip(index, f"{type(e).__name__}: {e}")
-                continue
-            why = _date_ok(record, filters) or ("limit" if limit is not None and len(records) >= limit else None)
-            if why:
-                report.filtered[why] += 1
-                continue
-            seen.add(record["id"])
+        start = len(records)
+        load_rows(read_rows(path), fmt, pathlib.Path(path).name.split(".")[0], report, records, seen,
+                  id_prefix=spec.get("id_prefix") or "", domain=domain, drop=drop)
+        for record in records[start:]:
             if spec.get("name"):
                 record["source"] = spec["name"]
             else:
                 record.setdefault("source", report.name)
-            records.append(record)
-            report.formats[name] += 1
-    report.loaded = len(records)
     return records, report
 
 

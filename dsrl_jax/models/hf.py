@@ -6,7 +6,9 @@ to a URL writes a local copy and uploads it.
 
 Loading places every tensor straight into its sharding: `jax.make_array_from_callback`
 asks for each device's shard, and the callback reads just the layers that shard covers
-from memory-mapped safetensors. No device ever holds a full copy it does not own.
+through `safetensors.safe_open(framework="numpy")` (memory-mapped, one tensor at a time;
+bf16 comes back as ml_dtypes.bfloat16). No device ever holds a full copy it does not own.
+Writing uses `safetensors.numpy.save_file`, one file per size-bounded shard.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+import safetensors
+import safetensors.numpy
+from flax import traverse_util
 
 from dsrl_jax import paths
-from dsrl_jax.models import qwen2, safetensors_io
+from dsrl_jax.models import qwen2
 from dsrl_jax.models.config import Qwen2Config
 
 _WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -83,27 +88,14 @@ def _mapping(cfg: Qwen2Config) -> dict[tuple[str, ...], tuple[str, Callable, Cal
     return m
 
 
-def _flatten(tree: dict, prefix=()) -> dict[tuple[str, ...], Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return tree
-
-
 # ---- loading ---------------------------------------------------------------------------
+
+
+def _open(path: str):
+    try:
+        return safetensors.safe_open(path, framework="numpy")
+    except (OSError, safetensors.SafetensorError) as e:
+        raise ValueError(f"cannot read safetensors file {path}: {e}") from e
 
 
 class _Tensors:
@@ -114,10 +106,10 @@ class _Tensors:
         if os.path.exists(index_path):
             with open(index_path, encoding="utf-8") as f:
                 weight_map = json.load(f)["weight_map"]
-            files = {fn: safetensors_io.SafetensorsFile(os.path.join(directory, fn)) for fn in set(weight_map.values())}
+            files = {fn: _open(os.path.join(directory, fn)) for fn in set(weight_map.values())}
             self._where = {name: files[fn] for name, fn in weight_map.items()}
         elif os.path.exists(os.path.join(directory, _WEIGHTS)):
-            f = safetensors_io.SafetensorsFile(os.path.join(directory, _WEIGHTS))
+            f = _open(os.path.join(directory, _WEIGHTS))
             self._where = {name: f for name in f.keys()}
         else:
             raise ValueError(f"no {_WEIGHTS} or {_WEIGHTS_INDEX} in {directory}")
@@ -125,7 +117,7 @@ class _Tensors:
     def get(self, name: str) -> np.ndarray:
         if name not in self._where:
             raise ValueError(f"checkpoint has no tensor {name!r}")
-        return self._where[name].get(name)
+        return self._where[name].get_tensor(name)
 
 
 def load_params(path_or_id: str, cfg: Qwen2Config | None = None, shardings: Any = None) -> tuple[Qwen2Config, dict]:
@@ -134,8 +126,8 @@ def load_params(path_or_id: str, cfg: Qwen2Config | None = None, shardings: Any 
     directory = resolve(path_or_id)
     cfg = cfg or Qwen2Config.from_file(directory)
     tensors = _Tensors(directory)
-    abstract = _flatten(qwen2.abstract_params(cfg))
-    shard_map = _flatten(shardings) if shardings is not None else {}
+    abstract = traverse_util.flatten_dict(qwen2.abstract_params(cfg))
+    shard_map = traverse_util.flatten_dict(shardings) if shardings is not None else {}
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     out = {}
     for path, (name, to_ours, _) in _mapping(cfg).items():
@@ -159,7 +151,7 @@ def load_params(path_or_id: str, cfg: Qwen2Config | None = None, shardings: Any 
             raise ValueError(f"tensor {name}: shape {got} after conversion, model expects {expected}")
         out[path] = jax.make_array_from_callback(spec.shape, shard_map.get(path, default), fetch)
         layer.cache_clear()
-    return cfg, _unflatten(out)
+    return cfg, traverse_util.unflatten_dict(out)
 
 
 # ---- export ----------------------------------------------------------------------------
@@ -181,19 +173,25 @@ def save_params(out_dir: str, cfg: Qwen2Config, params: dict, *, tokenizer_dir: 
     generation_config.json and, when `tokenizer_dir` is given, its tokenizer files.
     `out_dir` may be a URL. In multi-host runs every process must call this; process 0 writes."""
     dtype = np.dtype(dtype or cfg.param_dtype) if dtype != "bfloat16" else np.dtype(jax.numpy.bfloat16)
-    flat = _flatten(params)
+    flat = traverse_util.flatten_dict(params)
     tensors: dict[str, np.ndarray] = {}
     for path, (name, _, to_hf) in _mapping(cfg).items():
         host = _to_host(flat[path]).astype(dtype)
         if path[0] == "layers":
             for i in range(cfg.num_layers):
-                tensors[name.format(i=i)] = to_hf(host[i])
+                tensors[name.format(i=i)] = np.ascontiguousarray(to_hf(host[i]))
         else:
-            tensors[name] = to_hf(host)
+            tensors[name] = np.ascontiguousarray(to_hf(host))  # save_file writes raw buffers
     if jax.process_index() != 0:
         return
     with paths.staged(out_dir, download=False) as local:
         _write_hf_dir(local, cfg, tensors, dtype, tokenizer_dir, generation_config, max_shard_bytes)
+
+
+def _save(tensors: dict[str, np.ndarray], path: str) -> None:
+    """One safetensors file, written whole or not at all (a temporary file, then rename)."""
+    safetensors.numpy.save_file(tensors, path + ".tmp", metadata={"format": "pt"})
+    os.replace(path + ".tmp", path)
 
 
 def _write_hf_dir(out_dir, cfg, tensors, dtype, tokenizer_dir, generation_config, max_shard_bytes) -> None:
@@ -206,12 +204,12 @@ def _write_hf_dir(out_dir, cfg, tensors, dtype, tokenizer_dir, generation_config
         shards[-1][name] = arr
         size += arr.nbytes
     if len(shards) == 1:
-        safetensors_io.save_file(shards[0], os.path.join(out_dir, _WEIGHTS))
+        _save(shards[0], os.path.join(out_dir, _WEIGHTS))
     else:
         weight_map = {}
         for k, shard in enumerate(shards):
             fn = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-            safetensors_io.save_file(shard, os.path.join(out_dir, fn))
+            _save(shard, os.path.join(out_dir, fn))
             weight_map.update({name: fn for name in shard})
         total = sum(a.nbytes for a in tensors.values())
         with open(os.path.join(out_dir, _WEIGHTS_INDEX), "w", encoding="utf-8") as f:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -29,10 +28,6 @@ from flax import nnx
 from dsrl_jax import parallel
 from dsrl_jax.models import attention
 from dsrl_jax.models.config import Qwen2Config
-
-# Parameters carry logical axis names as metadata; they are mapped to mesh axes later
-# (dsrl_jax.parallel), so creating them must not require a mesh.
-flax.config.update("flax_always_shard_variable", False)
 
 Params = dict[str, Any]
 Cache = dict[str, tuple]  # {"k": per layer, chunks [B, Hkv, D, S_c]; "v": ... [B, Hkv, S_c, D]}
@@ -46,7 +41,9 @@ def _param(rngs: nnx.Rngs, shape, axes, dtype, scale: float | None = None) -> nn
         value = jnp.zeros(shape, dtype)
     else:
         value = scale * jax.random.normal(rngs.params(), shape, dtype)
-    return nnx.Param(value, out_sharding=axes)
+    # Logical axis names ride along as metadata and are mapped to mesh axes later
+    # (dsrl_jax.parallel), so creating a parameter must not shard it (nor need a mesh).
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
 class RMSNorm(nnx.Module):

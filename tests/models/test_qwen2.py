@@ -223,3 +223,22 @@ def test_bad_configs_and_checkpoints_fail_clearly(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="cannot read safetensors"):
         hf.load_params(str(tmp_path), preset("tiny"))
+
+
+def test_bf16_export_reads_back_as_the_rounded_params(tiny, tmp_path):
+    """bf16 safetensors written and read by the safetensors library (numpy + ml_dtypes)."""
+    _, cfg, params, _ = tiny
+    out = str(tmp_path / "bf16")
+    hf.save_params(out, cfg, params, dtype="bfloat16")
+    cfg2, params2 = hf.load_params(out)
+    rounded = jax.tree.map(lambda a: np.asarray(a).astype(jnp.bfloat16).astype(np.float32), params)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, np.asarray(b, np.float32)), rounded, params2)
+    assert cfg2.param_dtype == cfg.param_dtype and jax.tree.leaves(params2)[0].dtype == np.dtype(cfg.param_dtype)
+
+
+def test_model_sets_no_flax_global_and_needs_no_mesh_to_build():
+    import flax
+
+    assert flax.config.flax_always_shard_variable  # the library default, left as it is
+    params = qwen2.init_params(preset("tiny"), 0)  # annotated with logical axes, not sharded
+    assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(params))
