@@ -29,7 +29,9 @@ def get_config():
     config.sharding_rules = ml_collections.ConfigDict(
         {k: (list(v) if isinstance(v, tuple) else v) for k, v in parallel.DEFAULT_RULES.items()})
     config.batch_size = 0  # prompts per sampler call; 0 = rows_per_device x devices / n
-    config.rows_per_device = 8  # 1.5B at 32k tokens; see the README's memory plans
+    # 1.5B at 2048 + 32768 tokens on a v5e-8 (16 on a v4-8), per `python -m dsrl_jax.tools.throughput
+    # --config=configs/eval.py --topology=v5e-8` (experiments/results/memory/sampling/)
+    config.rows_per_device = 8
     config.limit = 0  # first N problems per benchmark (smoke runs); 0 = all
     config.reward_workers = 4
     config.seed = 0

@@ -46,9 +46,13 @@ def get_config():
     # written beside the output (<output>.decontamination.json). "" = off.
     c.decontaminate = decontaminate.default_config(against=decontaminate.PAPER_BENCHMARKS)
     c.proxies = [
-        proxy("r1-distill-1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"),
-        proxy("r1-distill-7b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
-        proxy("r1-distill-32b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B"),
+        # rows_per_device: what fits a v5e-8 (16 GiB per chip) at 2048 + 16384 tokens, per
+        # `python -m dsrl_jax.tools.throughput --config=configs/score.py --topology=v5e-8`
+        # (experiments/results/memory/sampling/; a v4-8 fits 16 / 8). The 32B fits no whole
+        # call of k=8 rows on either slice (1 row with --config.mesh.fsdp=1 --config.mesh.tensor=8).
+        proxy("r1-distill-1.5b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", rows_per_device=8),
+        proxy("r1-distill-7b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", rows_per_device=2),
+        proxy("r1-distill-32b", "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", rows_per_device=1),
     ]
     # Each proxy samples sharded over all local devices (FSDP x tensor parallel); same axes as
     # training, one may be -1.

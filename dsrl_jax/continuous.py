@@ -75,8 +75,10 @@ class Programs:
     def __init__(self, sampler, layout: Layout):
         self.sampler, self.lay = sampler, layout
         pin = lambda fn: parallel.pinned(fn, sampler.mesh, sampler.batch_axes)  # activations' batch dim
-        self.prefill = jax.jit(pin(self._prefill), static_argnames=("cache_dtype",), donate_argnums=(1,))
-        self.decode = jax.jit(pin(self._decode), static_argnames=("steps", "opts"), donate_argnums=(1,))
+        self.prefill = jax.jit(pin(self._prefill), static_argnames=("cache_dtype", "gather_per_layer"),
+                               donate_argnums=(1,))
+        self.decode = jax.jit(pin(self._decode), static_argnames=("steps", "opts", "gather_per_layer"),
+                              donate_argnums=(1,))
         self.init_state = jax.jit(pin(self._init_state), static_argnames=("cache_dtype",))
 
     # -- shardings --------------------------------------------------------------------------
@@ -136,14 +138,15 @@ class Programs:
                                         (pool_specs, chunk_specs, spec(pages)), pool_specs,
                                         heads=self.sampler.cfg.num_kv_heads)
 
-    def _prefill(self, params, state, tokens, mask, slots, pages, rows, ngen0, *, cache_dtype):
+    def _prefill(self, params, state, tokens, mask, slots, pages, rows, ngen0, *, cache_dtype, gather_per_layer=False):
         """Prefills tokens/mask [G*A, L] (left-padded) into local `slots` [G, A] and their
         `pages` [G, A, L/P] (pages >= N and slots >= S mark padding)."""
         cfg, lay = self.sampler.cfg, self.lay
         ga, length = tokens.shape
         cache = qwen2.init_cache(cfg, ga, length, cache_dtype)
         positions = qwen2.positions_from_mask(mask)
-        hidden, cache = qwen2.forward(cfg, params, tokens, positions, mask, cache, 0, return_hidden=True)
+        hidden, cache = qwen2.forward(cfg, params, tokens, positions, mask, cache, 0, return_hidden=True,
+                                      gather_per_layer=gather_per_layer)
         last = (hidden[:, -1] @ qwen2.head_weight(cfg, params).astype(hidden.dtype)).astype(jnp.float32)
         new = dict(state)
         new["k"] = self._write_pages(state["k"], [c[0] for c in cache["k"]], pages, False)
@@ -157,7 +160,8 @@ class Programs:
         new["live"] = self._put(state["live"], slots, jnp.ones((ga,), bool))
         return self._constrain(new)
 
-    def _decode(self, params, state, table, owner, base, active, rng, max_new, temperature, top_p, *, steps, opts):
+    def _decode(self, params, state, table, owner, base, active, rng, max_new, temperature, top_p, *, steps, opts,
+                gather_per_layer=False):
         """Up to `steps` decode steps of every live slot; returns (state, tokens [G*S, steps],
         log-probs [G*S, steps]) where slot s's new tokens are its first ngen_after - ngen_before."""
         from dsrl_jax.sampling import loop_params
@@ -186,7 +190,7 @@ class Programs:
             finished = live & (jnp.isin(tok, stop_ids) | (ngen >= max_new))
             cache = {"k": ks, "v": vs, **fixed}
             logits, cache = qwen2.forward(cfg, weights, tok[:, None], (pos - state["start"])[:, None], None,
-                                          cache, pos)
+                                          cache, pos, gather_per_layer=gather_per_layer)
             return (i + 1, live & ~finished, logits[:, -1].astype(jnp.float32), pos + live.astype(jnp.int32),
                     ngen, cache["k"], cache["v"], out_tok, out_lp)
 
@@ -201,8 +205,11 @@ class Run:
     """Host side of one continuous-batching call (see the module docstring)."""
 
     def __init__(self, programs: Programs, params, prompts, rng, opts, on_finished, first_row: int = 0):
+        from dsrl_jax.sampling import gathers_weights
+
         self.pr, self.lay, self.params, self.rng, self.opts = programs, programs.lay, params, rng, opts
         self.static = opts.static()
+        self.gather = gathers_weights(params, programs.sampler.mesh, programs.sampler.rules)
         self.on_finished = on_finished
         self.first_row = first_row  # row r draws as row first_row + r
         self.prompts: list[list[int]] = []
@@ -309,7 +316,8 @@ class Run:
                 self.clock += 1
         put = lambda x: parallel.to_global(np.asarray(x), self.pr._slot_sharding(x.ndim))
         self.state = self.pr.prefill(self.params, self.state, put(tokens), put(mask), put(slots), put(pages),
-                                     put(rows), put(ngen0), cache_dtype=self.opts.cache_dtype)
+                                     put(rows), put(ngen0), cache_dtype=self.opts.cache_dtype,
+                                     gather_per_layer=self.gather)
         return True
 
     def _reserve(self):
@@ -339,7 +347,7 @@ class Run:
         self.state, tok, lp = self.pr.decode(
             self.params, self.state, put(self.table), put(self.owner), put(self.base), put(active), self.rng,
             jnp.int32(o.max_new_tokens), jnp.float32(o.temperature), jnp.float32(o.top_p),
-            steps=o.steps_per_call, opts=self.static)
+            steps=o.steps_per_call, opts=self.static, gather_per_layer=self.gather)
         tok, lp, ngen, live = (parallel.to_host(x) for x in (tok, lp, self.state["ngen"], self.state["live"]))
         stops = set(o.stop_token_ids)
         done = []

@@ -132,7 +132,7 @@ class Sampler:
         self.batch_axes = parallel.batch_sharding(self.mesh, 1, rules).spec[0]
         # Activations' batch dimension pinned to the data axes in every program (parallel.pinned).
         self._generate = jax.jit(parallel.pinned(self._generate_impl, self.mesh, self.batch_axes),
-                                 static_argnames=("max_new_bucket", "opts"))
+                                 static_argnames=("max_new_bucket", "opts", "gather_per_layer"))
         self._continuous = {}  # continuous.Layout shape -> continuous.Programs
         self._prepare = {}
 
@@ -233,6 +233,7 @@ class Sampler:
             params, parallel.to_global(tokens, sharding), parallel.to_global(mask, sharding), rng,
             jnp.int32(opts.max_new_tokens), jnp.float32(opts.temperature), jnp.float32(opts.top_p),
             jnp.int32(row0), max_new_bucket=self.new_tokens_bucket(opts.max_new_tokens), opts=opts.static(),
+            gather_per_layer=gathers_weights(params, self.mesh, self.rules),
         )
         rows = len(prompts) * opts.n
         toks, lps, lens, fin = (parallel.to_host(x)[:rows] for x in out)
@@ -253,7 +254,8 @@ class Sampler:
             spec[1] = "tensor"
         return NamedSharding(self.mesh, P(*spec))
 
-    def _generate_impl(self, params, tokens, mask, rng, max_new, temperature, top_p, row0, *, max_new_bucket, opts):
+    def _generate_impl(self, params, tokens, mask, rng, max_new, temperature, top_p, row0, *, max_new_bucket, opts,
+                       gather_per_layer=False):
         cfg = self.cfg
         n, greedy, top_k, use_top_p, stops, cache_dtype, pad_id = opts
         b, plen = tokens.shape
@@ -301,7 +303,8 @@ class Sampler:
             done = done | jnp.isin(tok, stop_ids)
             span = qwen2.cache_length(cache)
             logits, cache = qwen2.forward(
-                cfg, weights, tok[:, None], (next_pos + i)[:, None], kv_mask[:, :span], cache, plen + i)
+                cfg, weights, tok[:, None], (next_pos + i)[:, None], kv_mask[:, :span], cache, plen + i,
+                gather_per_layer=gather_per_layer)
             return (out_tok, out_lp, done, lengths, logits[:, -1].astype(jnp.float32)), cache
 
         # The decode loop runs in segments; each adds a chunk to the cache for its tokens, so
@@ -334,6 +337,19 @@ class Sampler:
         out_tok, out_lp, done, lengths, *_ = state
         finish = jnp.where(done, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32)
         return out_tok, out_lp, lengths, finish
+
+
+def gathers_weights(params, mesh, rules=None) -> bool:
+    """Whether decoding `params` (arrays or ShapeDtypeStructs) all-gathers layer weights:
+    some layer weight is sharded over a data axis (FSDP; not Sampler.prepare's layout).
+    Decode programs then gather one layer at a time (qwen2.forward's gather_per_layer)."""
+    batch = dict(parallel.DEFAULT_RULES if rules is None else rules).get("batch")
+    data_axes = {a for a in ((batch,) if isinstance(batch, str) else tuple(batch or ())) if mesh.shape.get(a, 1) > 1}
+    for x in jax.tree.leaves(params["layers"]):
+        spec = getattr(getattr(x, "sharding", None), "spec", None) or ()
+        if any(a in data_axes for e in spec for a in ((e,) if isinstance(e, str) else tuple(e or ()))):
+            return True
+    return False
 
 
 def _rows(out: SampleOutput, first: int) -> SampleOutput:

@@ -120,6 +120,7 @@ def test_sharded_with_prepared_weights_matches_single_device(setup):
     assert "fsdp" not in str(up.sharding.spec) and "tensor" in str(up.sharding.spec)  # replicated over fsdp
     assert "fsdp" in str(train_params["layers"]["mlp"]["up_proj"].sharding.spec)
     _same(sharded.sample(prepared, prompts, jax.random.key(4), opts), single)
+    _same(sharded.sample(train_params, prompts, jax.random.key(4), opts), single)  # FSDP: gathered per layer
     _same(sharded.sample(train_params, prompts, jax.random.key(4), dataclasses.replace(opts, max_in_flight=None)),
           single)
 

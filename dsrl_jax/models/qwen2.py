@@ -153,6 +153,25 @@ _REMAT_POLICY = {
 }
 
 
+def _prefetch(x, current, layer, i, num_layers, gather_per_layer):
+    """(x, layer i's weights, layer i+1's weights) for an unrolled layer loop. Under FSDP
+    each layer's sharded weights are all-gathered where they are used, and nothing orders
+    those gathers: XLA may issue every layer's at the start of a decode step (the whole model
+    gathered on every device). With `gather_per_layer`, layer i+1's shards are made to depend
+    on layer i's input (plus a zero derived from it: one scalar all-reduce and one pass over
+    the shards), so its gather overlaps layer i and at most two layers' gathered weights are
+    live. (An optimization barrier expresses the same order but XLA:CPU drops it before
+    scheduling.) Only for weights sharded over the data axes: on replicated weights the pass
+    would copy them."""
+    if i + 1 >= num_layers:
+        return current, None
+    nxt = layer(i + 1)
+    if gather_per_layer:
+        zero = jnp.minimum(jnp.abs(x[:, -1, 0]).max(), 0)
+        nxt = jax.tree.map(lambda w: w + zero.astype(w.dtype) if jnp.issubdtype(w.dtype, jnp.floating) else w, nxt)
+    return current, nxt
+
+
 class Qwen2ForCausalLM(nnx.Module):
     def __init__(self, cfg: Qwen2Config, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -168,7 +187,8 @@ class Qwen2ForCausalLM(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.param_dtype, 0.02)
 
-    def hidden_states(self, tokens, positions, kv_mask, cache=None, cache_index=0, layers=None):
+    def hidden_states(self, tokens, positions, kv_mask, cache=None, cache_index=0, layers=None,
+                      gather_per_layer=False):
         """Final normalised hidden states [B, T, E] and the updated cache. `layers`: the
         layer parameters as one pure dict per layer (see `unstack_layers`); the layers are
         then unrolled and self.layers only supplies the structure."""
@@ -207,8 +227,10 @@ class Qwen2ForCausalLM(nnx.Module):
             ks, vs = list(cache["k"]), list(cache["v"])
             view = lambda i: attention.PoolKV(ks[i], vs[i], cache["table"], cache["owner"], cache["base"],
                                               cache["start"])
+            nxt = layer(0)
             for i in range(cfg.num_layers):
-                x, (ks[i], vs[i]) = layer_fn(x, layer(i), view(i))
+                state, nxt = _prefetch(x, nxt, layer, i, cfg.num_layers, gather_per_layer)
+                x, (ks[i], vs[i]) = layer_fn(x, state, view(i))
             return self.final_norm(x), {**cache, "k": tuple(ks), "v": tuple(vs)}
 
         prefill = (isinstance(cache_index, int) and cache_index == 0 and layers is None and cfg.scan_layers
@@ -229,16 +251,18 @@ class Qwen2ForCausalLM(nnx.Module):
         # decode loop updates them in place (a stacked cache carried through a layer scan
         # costs a copy of a layer's slice per step).
         ks, vs = list(cache["k"]), list(cache["v"])
+        nxt = layer(0)
         for i in range(cfg.num_layers):
-            x, (ks[i], vs[i]) = layer_fn(x, layer(i), (ks[i], vs[i]))
+            state, nxt = _prefetch(x, nxt, layer, i, cfg.num_layers, gather_per_layer)
+            x, (ks[i], vs[i]) = layer_fn(x, state, (ks[i], vs[i]))
         return self.final_norm(x), {"k": tuple(ks), "v": tuple(vs)}
 
     def head_weight(self) -> jax.Array:
         """[E, V] output projection (the transposed embedding when tied)."""
         return self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
 
-    def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=0, layers=None):
-        h, cache = self.hidden_states(tokens, positions, kv_mask, cache, cache_index, layers)
+    def __call__(self, tokens, positions, kv_mask, cache=None, cache_index=0, layers=None, gather_per_layer=False):
+        h, cache = self.hidden_states(tokens, positions, kv_mask, cache, cache_index, layers, gather_per_layer)
         return h @ self.head_weight().astype(h.dtype), cache
 
 
@@ -280,14 +304,16 @@ def bind(cfg: Qwen2Config, params: Params) -> Qwen2ForCausalLM:
 
 
 def forward(cfg: Qwen2Config, params: Params, tokens, positions, kv_mask, cache=None, cache_index=0,
-            *, return_hidden: bool = False):
+            *, return_hidden: bool = False, gather_per_layer: bool = False):
     """Logits [B, T, V] (or final hidden states [B, T, E]) and the updated cache.
 
     tokens, positions: int [B, T]. kv_mask: bool [B, S], which key slots hold real tokens
     (S = T without a cache, the cache length with one). With a cache, the T new tokens are
     written at slots [cache_index, cache_index + T), which must lie in the cache's last
     chunk (see add_cache_chunk). `params` may hold its layers stacked
-    (as stored) or as a tuple of per-layer dicts (`unstack_layers`).
+    (as stored) or as a tuple of per-layer dicts (`unstack_layers`). `gather_per_layer`: the
+    layer weights are sharded over the data axes (FSDP): a cached (decode) pass gathers them
+    one layer at a time (see `_prefetch`).
     """
     layers = params["layers"]
     if isinstance(layers, (tuple, list)):
@@ -296,8 +322,8 @@ def forward(cfg: Qwen2Config, params: Params, tokens, positions, kv_mask, cache=
         layers = None
     model = bind(cfg, params)
     if return_hidden:
-        return model.hidden_states(tokens, positions, kv_mask, cache, cache_index, layers)
-    return model(tokens, positions, kv_mask, cache, cache_index, layers)
+        return model.hidden_states(tokens, positions, kv_mask, cache, cache_index, layers, gather_per_layer)
+    return model(tokens, positions, kv_mask, cache, cache_index, layers, gather_per_layer)
 
 
 def unstack_layers(params: Params) -> Params:

@@ -135,7 +135,7 @@ def _compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill:
     import jax.numpy as jnp
 
     from dsrl_jax import continuous, parallel
-    from dsrl_jax.sampling import bucket
+    from dsrl_jax.sampling import bucket, gathers_weights
     from dsrl_jax.tools.memory import _stats
 
     progs = continuous.Programs(sampler, layout)
@@ -144,16 +144,19 @@ def _compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill:
     sh = progs._slot_sharding
     rep = parallel.replicated(sampler.mesh)
     key = jax.eval_shape(lambda: jax.random.key(0))
+    gather = gathers_weights(params, sampler.mesh, sampler.rules)
     dec = progs.decode.lower(
         params, state, _sds((g, s, m), jnp.int32, sh(3)), _sds((g, n), jnp.int32, sh(2)), _sds((g, n), jnp.int32, sh(2)),
         _sds((g * s,), jnp.bool_, sh(1)), _sds(key.shape, key.dtype, rep), _sds((), jnp.int32, rep),
-        _sds((), jnp.float32, rep), _sds((), jnp.float32, rep), steps=opts.steps_per_call, opts=opts.static()).compile()
+        _sds((), jnp.float32, rep), _sds((), jnp.float32, rep), steps=opts.steps_per_call, opts=opts.static(),
+        gather_per_layer=gather).compile()
     length = -(-bucket(prompt_len, sampler.min_prompt_bucket) // layout.P) * layout.P
     a = bucket(min(s, opts.prefill_rows), 1)  # the largest prefill of a round
     pre = None if not prefill else progs.prefill.lower(
         params, state, _sds((g * a, length), jnp.int32, sh(2)), _sds((g * a, length), jnp.bool_, sh(2)),
         _sds((g, a), jnp.int32, sh(2)), _sds((g, a, length // layout.P), jnp.int32, sh(3)),
-        _sds((g, a), jnp.int32, sh(2)), _sds((g, a), jnp.int32, sh(2)), cache_dtype=opts.cache_dtype).compile()
+        _sds((g, a), jnp.int32, sh(2)), _sds((g, a), jnp.int32, sh(2)), cache_dtype=opts.cache_dtype,
+        gather_per_layer=gather).compile()
     out = []
     for compiled in (dec, pre):
         if compiled is None:
@@ -270,14 +273,22 @@ def format_rollout(p: dict) -> str:
 # ---- sampling programs: scoring and evaluation -------------------------------------------
 
 
-def plan_sampling_program(cfg, mesh, rules, topology, prompt_len: int, new_tokens: int, *, kv_fraction=0.5,
-                          cache_dtype="bfloat16", page_size=64, steps_per_call=32, replicate=None) -> dict:
-    """The largest continuous-batching rows in flight (rows per call) that fit HBM for a
-    sampling-only program (no optimizer state). Weights in the compute dtype, replicated
-    over the data axes when they take at most 40% of HBM, else FSDP-sharded. Per-device
-    peak = max(decode loop, prefill of every slot), which is linear in layers and in slots:
-    it is fitted from 1- and 2-layer compiles at two slot counts and solved for the model's
-    layers (every fitted figure is a compiled one; only the extrapolation is modeled)."""
+def plan_sampling_program(cfg, mesh, rules, topology, prompt_len: int, new_tokens: int, *, kv_fraction=1.0,
+                          cache_dtype="bfloat16", page_size=64, steps_per_call=32, replicate=False,
+                          layers=(2, 4)) -> dict:
+    """The largest rows per call (rows on the data-parallel devices at once) that fit HBM for
+    a sampling-only program (no optimizer state), as `score` and `evaluate` run it: weights
+    in the compute dtype with the shardings the policy loads them in (the config's mesh:
+    FSDP x tensor, gathered one layer at a time inside the decode loop), or with `replicate`
+    Sampler.prepare's layout (replicated over the data axes). The program compiled is the
+    continuous-batching one configured like a static call: a KV pool of `kv_fraction` x rows
+    x (prompt + new tokens) (1: every row's whole cache, as the static path holds it) and
+    every row prefilled at once. Its per-device peak = max(decode loop, prefill) is linear
+    in layers and in rows: fitted from compiles at `layers` (the first layer alone hides the
+    next layer's gather, which is why not 1 and 2) and two row counts, and solved for the
+    model's layers (every fitted figure is a compiled one; only the extrapolation is
+    modeled). `rows_per_device` is the largest power of two <= rows per call / data-parallel
+    devices (prompts per call = rows_per_device x devices / samples stays a power of two)."""
     import dataclasses
 
     import jax
@@ -286,46 +297,56 @@ def plan_sampling_program(cfg, mesh, rules, topology, prompt_len: int, new_token
     from dsrl_jax import continuous, parallel
     from dsrl_jax.models import qwen2
     from dsrl_jax.models.config import param_count
-    from dsrl_jax.sampling import SampleOptions, Sampler, bucket
+    from dsrl_jax.sampling import SampleOptions, Sampler, bucket, gathers_weights
 
     weight_bytes = param_count(cfg) * np.dtype(cfg.dtype).itemsize
-    if replicate is None:
-        replicate = weight_bytes <= 0.4 * topology.hbm_bytes
+    dp = parallel.data_parallel_size(mesh, rules)
     row_tokens = bucket(prompt_len, 16) + new_tokens
     pool_tokens = lambda slots: int(kv_fraction * slots * row_tokens) + 2 * page_size * dp
     points = {}
-    dp = parallel.data_parallel_size(mesh, rules)
-    for layers in (1, 2):
-        small = dataclasses.replace(cfg, num_layers=layers)
+    lo, hi = layers
+    for n_layers in layers:
+        small = dataclasses.replace(cfg, num_layers=n_layers)
         sampler = Sampler(small, mesh, rules)
         abstract = qwen2.abstract_params(small)
         train_sh = parallel.param_shardings(qwen2.logical_axes(small), abstract, mesh, rules)
         train = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, train_sh)
         params = sampling_params(sampler, replicate, train)
-        for slots in (2 * dp, 4 * dp):  # (half a pool per slot: 2 slots per group hold one whole row)
+        for slots in (2 * dp, 4 * dp):
             kv = pool_tokens(slots)
             opts = SampleOptions(max_new_tokens=new_tokens, temperature=0.6, top_p=0.95, stop_token_ids=(1,),
                                  cache_dtype=cache_dtype, max_in_flight=slots, kv_cache_tokens=kv,
-                                 page_size=page_size, steps_per_call=steps_per_call)
+                                 page_size=page_size, steps_per_call=steps_per_call, prefill_rows=slots // dp)
             lay = continuous.plan_layout(sampler, slots, kv, page_size, prompt_len, new_tokens)
             dec, pre = compile_continuous(sampler, lay, params, opts, prompt_len, cpu_raw=False)
-            points[layers, slots] = (dec["peak_bytes_per_device"], pre["peak_bytes_per_device"])
+            points[n_layers, slots] = (dec["peak_bytes_per_device"], pre["peak_bytes_per_device"])
 
-    def predict(which, layers, slots):  # bilinear in (layers, slots) through the 4 compiles
+    def predict(which, n_layers, slots):  # bilinear in (layers, slots) through the 4 compiles
         f = lambda l, s: points[l, s][which]
         per_slot = lambda l: (f(l, 4 * dp) - f(l, 2 * dp)) / (2 * dp)
         at = lambda l, s: f(l, 2 * dp) + per_slot(l) * (s - 2 * dp)
-        return at(1, slots) + (at(2, slots) - at(1, slots)) * (layers - 1)
+        return at(lo, slots) + (at(hi, slots) - at(lo, slots)) * (n_layers - lo) / (hi - lo)
 
     peak = lambda s: max(predict(0, cfg.num_layers, s), predict(1, cfg.num_layers, s))
-    rows = 0  # multiples of 2 x dp (a group's pool holds at least one whole row)
-    while peak(rows + 2 * dp) <= topology.hbm_bytes and rows < 1 << 16:
-        rows += 2 * dp
-    return {"rows_per_call": rows, "peak_bytes_per_device": int(peak(rows or 2 * dp)),
-            "next_peak_bytes_per_device": int(peak(rows + 2 * dp)),
-            "fits": rows > 0, "weights": "replicated" if replicate else "fsdp-sharded",
-            "kv_cache_tokens": pool_tokens(rows) if rows else 0, "prompt_len": prompt_len,
-            "new_tokens": new_tokens, "mesh": dict(mesh.shape)}
+    rows = 0
+    while peak(rows + dp) <= topology.hbm_bytes and rows < 1 << 16:
+        rows += dp
+    per_device = 1 << (rows // dp).bit_length() - 1 if rows else 0
+    tensor = mesh.shape.get("tensor", 1)
+    layout = ("fsdp, gathered per layer" if gathers_weights(params, mesh, rules) else
+              f"tensor-parallel x{tensor}" if tensor > 1 else "replicated") + f", rows over {dp} devices"
+    f = lambda l, s, w: points[l, s][w]
+    return {"rows_per_call": rows, "rows_per_device": per_device,
+            "peak_bytes_per_device": int(peak(rows or dp)), "next_peak_bytes_per_device": int(peak(rows + dp)),
+            "peak_bytes_per_device_at_rows_per_device": int(peak(per_device * dp)) if rows else None,
+            "fits": rows > 0, "layout": layout,
+            "weight_bytes": int(weight_bytes), "data_parallel": dp,
+            "per_layer_bytes": {"decode": int((f(hi, 2 * dp, 0) - f(lo, 2 * dp, 0)) / (hi - lo)),
+                                "prefill": int((f(hi, 2 * dp, 1) - f(lo, 2 * dp, 1)) / (hi - lo))},
+            "per_row_bytes": {"decode": int((f(hi, 4 * dp, 0) - f(hi, 2 * dp, 0)) / (2 * dp)),
+                              "prefill": int((f(hi, 4 * dp, 1) - f(hi, 2 * dp, 1)) / (2 * dp))},
+            "kv_fraction": kv_fraction, "kv_cache_tokens": pool_tokens(rows) if rows else 0,
+            "prompt_len": prompt_len, "new_tokens": new_tokens, "mesh": dict(mesh.shape)}
 
 
 def sampling_plans(c, topology, kind: str) -> dict:
@@ -342,7 +363,10 @@ def sampling_plans(c, topology, kind: str) -> dict:
     if kind == "score":
         names = {"1.5b": "deepseek-r1-distill-qwen-1.5b", "7b": "deepseek-r1-distill-qwen-7b",
                  "32b": "deepseek-r1-distill-qwen-32b"}
+        only = {x.strip() for x in str(c.get("only_proxies") or "").split(",") if x.strip()}
         for p in c.proxies:
+            if only and p["name"] not in only:
+                continue
             size = next((k for k in names if k in p["name"].lower() or k in p["model"].lower()), None)
             if size is None:
                 continue
@@ -368,11 +392,13 @@ def _main(argv):
     kind = "score" if "proxies" in F.config else "eval"
     plans = sampling_plans(F.config, topo, kind)
     g = topologies.GIB
-    print(f"{kind} on {topo.name} ({topo.devices} devices x {topo.hbm_gib:g} GiB), continuous batching, KV pool = "
-          f"half of rows x (prompt + new tokens):")
+    print(f"{kind} on {topo.name} ({topo.devices} devices x {topo.hbm_gib:g} GiB): rows sampled at once that fit, "
+          f"KV cache = every row's whole (prompt + new tokens), every row prefilled at once:")
     for name, p in plans[kind].items():
-        print(f"  {name:<20} rows per call {p['rows_per_call']:>5}  peak {p['peak_bytes_per_device'] / g:6.2f} GiB"
-              f"  weights {p['weights']}, {p['prompt_len']}+{p['new_tokens']} tokens, mesh {p['mesh']}")
+        at = p["peak_bytes_per_device_at_rows_per_device"]
+        print(f"  {name:<16} rows per call {p['rows_per_call']:>4} (peak {p['peak_bytes_per_device'] / g:5.2f} GiB)"
+              f"  rows_per_device {p['rows_per_device']:>3} (peak {(at or 0) / g:5.2f} GiB)  {p['layout']},"
+              f" {p['prompt_len']}+{p['new_tokens']} tokens, mesh {p['mesh']}")
     print(json.dumps({**plans, "topology": topo.name}))
 
 
