@@ -17,6 +17,9 @@ import os
 import sys
 
 TOTAL_DEVICES = 8
+# jax (and the project, which imports it) is imported inside the functions: as a script,
+# main() must first set this process's XLA_FLAGS and JAX_PLATFORMS, which jax reads when
+# it is imported and initialised.
 
 
 def global_batch(num_micro=2, micro=8, plen=8, mlen=16, vocab=512, seed=0):
@@ -100,7 +103,7 @@ def run_step() -> dict:
     batch_axes = parallel.batch_sharding(mesh, 1).spec[0]
     batch_sh = update.batch_shardings(mesh, batch_axes, batch)
     step = update.make_train_step(cfg, loss_cfg, tx, state_sh, batch_sh, plen, 8)
-    with parallel.activation_sharding(mesh) if hasattr(parallel, "activation_sharding") else _null():
+    with parallel.activation_sharding(mesh):
         new_state, metrics = step(state, to_global(batch, batch_sh))
     full = multihost_utils.process_allgather(new_state["params"], tiled=True)
     leaves = [np.asarray(x, np.float32) for x in jax.tree.leaves(full)]
@@ -108,14 +111,6 @@ def run_step() -> dict:
     return {"loss": float(np.asarray(metrics["loss"])), "grad_norm": float(np.asarray(metrics["grad_norm"])),
             "param_sums": [float(np.abs(x).sum()) for x in leaves], "params_sha256": digest,
             "processes": jax.process_count(), "devices": jax.device_count()}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def main():

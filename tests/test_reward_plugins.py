@@ -14,6 +14,7 @@ import pytest
 
 from dsrl_jax.metrics import read_metrics
 from tests.conftest import REPO, shared_path
+from tests.hf_utils import make_hf_model
 
 # The user's package: one reward, one registry line. Each call leaves a file named after the
 # scoring process (its pid and its parent's) in $USER_REWARD_CALLS.
@@ -63,8 +64,6 @@ def get_config():
 @pytest.fixture(scope="module")
 def user_run(tmp_path_factory):
     """The user's package, model, problems and config in a directory of their own."""
-    from tests.hf_utils import make_hf_model
-
     tok_dir = shared_path("tokenizers", "deepseek-r1-distill-qwen-1.5b")
     root = tmp_path_factory.mktemp("user")
     model = root / "model"
