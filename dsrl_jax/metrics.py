@@ -161,28 +161,22 @@ class MetricsWriter:
             self._wandb.log(scalars, step=int(step))
         return record
 
+    # (attribute, its flush method, its close method), in the order they are flushed and
+    # closed: the staged copy of a remote workdir uploads what the writers before it wrote.
+    _OUTPUTS = (("_file", "flush", "close"), ("_tb", "flush", "close"), ("_wandb", None, "finish"),
+                ("_staged", "sync", "close"))
+
     def flush(self) -> None:
         """Flush the files (and upload them when the workdir is remote)."""
-        if self._file is not None:
-            self._file.flush()
-        if self._tb is not None:
-            self._tb.flush()
-        if self._staged is not None:
-            self._staged.sync()
+        for attr, flush, _ in self._OUTPUTS:
+            if flush and getattr(self, attr) is not None:
+                getattr(getattr(self, attr), flush)()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-        if self._wandb is not None:
-            self._wandb.finish()
-            self._wandb = None
-        if self._staged is not None:
-            self._staged.close()
-            self._staged = None
+        for attr, _, close in self._OUTPUTS:
+            if getattr(self, attr) is not None:
+                getattr(getattr(self, attr), close)()
+                setattr(self, attr, None)
 
     def __enter__(self) -> "MetricsWriter":
         return self

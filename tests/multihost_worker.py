@@ -17,6 +17,9 @@ import os
 import sys
 
 TOTAL_DEVICES = 8
+# jax (and the project, which imports it) is imported inside the functions: as a script,
+# main() must first set this process's XLA_FLAGS and JAX_PLATFORMS, which jax reads when
+# it is imported and initialised.
 
 
 def global_batch(num_micro=2, micro=8, plen=8, mlen=16, vocab=512, seed=0):

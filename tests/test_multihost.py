@@ -1,43 +1,25 @@
 """Two processes x 4 fake CPU devices (gloo) compute the same train step as one process x 8."""
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from tests import multihost_worker
+from tests.processes import free_port, run_all
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_two_processes(tmp_path, timeout=240):
-    port = _free_port()
+    port = free_port()
     out = tmp_path / "result.json"
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    procs = [subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"),
-                               f"--process_id={i}", "--num_processes=2", f"--port={port}", f"--out={out}"],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=timeout)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, f"worker failed (rc {p.returncode}):\n{log[-4000:]}"
+    run_all([[sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"), f"--process_id={i}",
+              "--num_processes=2", f"--port={port}", f"--out={out}"] for i in range(2)], [env, env], timeout,
+            what="worker")
     return json.loads(out.read_text())
 
 

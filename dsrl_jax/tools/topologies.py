@@ -32,21 +32,40 @@ class Topology:
         return int(self.hbm_gib * GIB)
 
 
-TOPOLOGIES: dict[str, Topology] = {t.name: t for t in [
-    Topology("v4-8", 4, 32, "4 chips (2 TensorCores each, one megacore device)", 1228, 275),
-    Topology("v4-16", 8, 32, "8 chips, 2 hosts", 1228, 275),
-    Topology("v4-32", 16, 32, "16 chips, 4 hosts", 1228, 275),
-    Topology("v5e-4", 4, 16, "4 chips", 819, 197),
-    Topology("v5e-8", 8, 16, "8 chips, 1 host", 819, 197),
-    Topology("v5e-16", 16, 16, "16 chips, 4 hosts", 819, 197),
-    Topology("v5p-8", 4, 95, "4 chips (megacore)", 2765, 459),
-    Topology("v5p-16", 8, 95, "8 chips, 2 hosts", 2765, 459),
-    Topology("v6e-4", 4, 32, "4 chips", 1640, 918),
-    Topology("v6e-8", 8, 32, "8 chips, 1 host", 1640, 918),
-    Topology("v6e-16", 16, 32, "16 chips, 4 hosts", 1640, 918),
-    Topology("h100-8", 8, 80, "8 x H100 80GB", 3350, 989),
-    Topology("cpu-8", 8, 16, "8 fake CPU devices, 16 GiB each (tests)", 50, 1),
-]}
+# Per device of each chip family: HBM GiB, HBM GB/s, peak dense bf16 TFLOP/s.
+CHIPS: dict[str, tuple[float, float, float]] = {
+    "v4": (32, 1228, 275),
+    "v5e": (16, 819, 197),
+    "v5p": (95, 2765, 459),
+    "v6e": (32, 1640, 918),
+    "h100": (80, 3350, 989),
+    "cpu": (16, 50, 1),
+}
+# Slices: name (chip family before the dash), devices JAX sees, note.
+SLICES = """
+v4-8    4  4 chips (2 TensorCores each, one megacore device)
+v4-16   8  8 chips, 2 hosts
+v4-32  16  16 chips, 4 hosts
+v5e-4   4  4 chips
+v5e-8   8  8 chips, 1 host
+v5e-16 16  16 chips, 4 hosts
+v5p-8   4  4 chips (megacore)
+v5p-16  8  8 chips, 2 hosts
+v6e-4   4  4 chips
+v6e-8   8  8 chips, 1 host
+v6e-16 16  16 chips, 4 hosts
+h100-8  8  8 x H100 80GB
+cpu-8   8  8 fake CPU devices, 16 GiB each (tests)
+"""
+
+
+def _topology(row: str) -> Topology:
+    name, devices, note = row.split(None, 2)
+    hbm_gib, hbm_gbps, bf16_tflops = CHIPS[name.split("-")[0]]
+    return Topology(name, int(devices), hbm_gib, note, hbm_gbps, bf16_tflops)
+
+
+TOPOLOGIES: dict[str, Topology] = {t.name: t for t in map(_topology, SLICES.strip().splitlines())}
 
 
 def get(name: str) -> Topology:

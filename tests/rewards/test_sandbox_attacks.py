@@ -11,6 +11,7 @@ import time
 import pytest
 
 from dsrl_jax.rewards import RewardPool, sandbox
+from tests.rewards.host import processes_named
 
 needs_bwrap = pytest.mark.skipif(
     not sandbox.bwrap_available(), reason="bubblewrap is unavailable: isolation property untestable"
@@ -62,21 +63,6 @@ def attack(pool, code: str, record: dict, **expect):
     return res
 
 
-def _alive_with_comm(name: str) -> list[int]:
-    """Live (not zombie: killed, awaiting reaping by the host's init) processes named `name`."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
-        if comm == name and state != "Z":
-            pids.append(int(pid))
-    return pids
-
-
 # Sets the process name (inherited by children) so the test can look for survivors.
 NAME = "import ctypes\nctypes.CDLL(None).prctl(15, b'{name}', 0, 0, 0)\n"
 
@@ -107,7 +93,7 @@ def test_fork_bomb(pool):
     before = len(os.listdir("/proc"))
     attack(pool, code, STDIN)
     time.sleep(0.5)
-    assert _alive_with_comm("dsrlforkbomb") == []
+    assert processes_named("dsrlforkbomb") == []
     assert len(os.listdir("/proc")) < before + 50  # no process leak on the host
 
 
@@ -231,7 +217,7 @@ if os.fork() == 0:
 """
     attack(pool, code, STDIN)
     time.sleep(0.3)
-    assert _alive_with_comm("dsrldaemon") == []
+    assert processes_named("dsrldaemon") == []
     time.sleep(2)
     assert not marker.exists() and not os.path.exists("/tmp/daemon")
 

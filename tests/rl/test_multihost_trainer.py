@@ -2,24 +2,17 @@
 CPU devices (gloo) end where one process x 8 devices ends: the same parameters and metrics."""
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from tests.processes import free_port, run_all
 from tests.rl.test_trainer import SCRIPT
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESH = "fsdp=4,tensor=2"
 STEPS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(devices: int, **extra) -> dict:
@@ -30,21 +23,8 @@ def _env(devices: int, **extra) -> dict:
 
 
 def _run(workdirs, envs, timeout=600):
-    procs = [subprocess.Popen([sys.executable, str(SCRIPT), str(w), f"--steps={STEPS}", f"--mesh={MESH}",
-                              "--micro_batch=4"],
-                              cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for w, e in zip(workdirs, envs)]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=timeout)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, f"run failed (rc {p.returncode}):\n{log[-4000:]}"
-    return logs
+    cmd = lambda w: [sys.executable, str(SCRIPT), str(w), f"--steps={STEPS}", f"--mesh={MESH}", "--micro_batch=4"]
+    return run_all([cmd(w) for w in workdirs], envs, timeout, what="run")
 
 
 def _metrics(workdir):
@@ -57,7 +37,7 @@ def test_two_processes_train_like_one(tmp_path):
     single = tmp_path / "single"
     _run([single], [_env(8)])
     multi = tmp_path / "multi"
-    port = _free_port()
+    port = free_port()
     envs = [_env(4, DSRL_COORDINATOR=f"127.0.0.1:{port}", DSRL_NUM_PROCESSES="2", DSRL_PROCESS_ID=str(i))
             for i in range(2)]
     logs = _run([multi, multi], envs)
