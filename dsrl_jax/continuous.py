@@ -37,6 +37,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dsrl_jax import parallel, token_choice
+from dsrl_jax.decoding import FINISH_LENGTH, FINISH_STOP, SampleOutput, bucket, gathers_weights, loop_params
 from dsrl_jax.models import qwen2
 
 
@@ -50,8 +51,6 @@ class Layout:
 
 def plan_layout(sampler, max_in_flight: int, kv_cache_tokens, page_size: int, max_prompt: int,
                 max_new: int) -> Layout:
-    from dsrl_jax.sampling import bucket
-
     g = sampler.dp
     s = -(-max_in_flight // g)
     longest = _round(bucket(max_prompt + max_new, sampler.min_prompt_bucket), page_size)  # a re-admitted row's prompt
@@ -164,8 +163,6 @@ class Programs:
                 gather_per_layer=False):
         """Up to `steps` decode steps of every live slot; returns (state, tokens [G*S, steps],
         log-probs [G*S, steps]) where slot s's new tokens are its first ngen_after - ngen_before."""
-        from dsrl_jax.sampling import loop_params
-
         cfg = self.sampler.cfg
         _, greedy, top_k, use_top_p, stops, _, pad_id = opts
         b = active.shape[0]
@@ -205,8 +202,6 @@ class Run:
     """Host side of one continuous-batching call (see the module docstring)."""
 
     def __init__(self, programs: Programs, params, prompts, rng, opts, on_finished, first_row: int = 0):
-        from dsrl_jax.sampling import gathers_weights
-
         self.pr, self.lay, self.params, self.rng, self.opts = programs, programs.lay, params, rng, opts
         self.static = opts.static()
         self.gather = gathers_weights(params, programs.sampler.mesh, programs.sampler.rules)
@@ -243,8 +238,6 @@ class Run:
                 self.finish.append(-1)
 
     def _length(self, row) -> int:
-        from dsrl_jax.sampling import bucket
-
         n = len(self.prompts[row]) + len(self.tokens[row])
         return _round(bucket(n, self.pr.sampler.min_prompt_bucket), self.lay.P)
 
@@ -290,8 +283,6 @@ class Run:
         a = max(map(len, admits))
         if a == 0:
             return False
-        from dsrl_jax.sampling import bucket
-
         a = bucket(a, 1)
         tokens = np.zeros((lay.G * a, length), np.int32)
         mask = np.zeros((lay.G * a, length), bool)
@@ -359,7 +350,7 @@ class Run:
                 self.lps[row] += lp[b, :count].tolist()
                 self.slot_pos[g, s] += count
                 if not live[b]:
-                    self.finish[row] = 0 if self.tokens[row] and self.tokens[row][-1] in stops else 1
+                    self.finish[row] = FINISH_STOP if self.tokens[row] and self.tokens[row][-1] in stops else FINISH_LENGTH
                     done.append(row)
                     self._release(g, s)
         return done
@@ -380,8 +371,6 @@ class Run:
         return self.output(range(len(self.prompts)))
 
     def output(self, rows):
-        from dsrl_jax.sampling import SampleOutput
-
         rows = list(rows)
         m, pad = self.opts.max_new_tokens, self.opts.pad_token_id
         toks = np.full((len(rows), m), pad, np.int32)
