@@ -81,19 +81,19 @@ class Programs:
         self.init_state = jax.jit(pin(self._init_state), static_argnames=("cache_dtype",))
 
     # -- shardings --------------------------------------------------------------------------
-    def _slot_sharding(self, ndim):
+    def slot_sharding(self, ndim):
         return parallel.batch_sharding(self.sampler.mesh, ndim, self.sampler.rules)
 
-    def _pool_sharding(self):
+    def pool_sharding(self):
         mesh, cfg = self.sampler.mesh, self.sampler.cfg
-        spec = [self._slot_sharding(1).spec[0], None, None, None, None]
+        spec = [self.slot_sharding(1).spec[0], None, None, None, None]
         if mesh.shape.get("tensor", 1) > 1 and cfg.num_kv_heads % mesh.shape["tensor"] == 0:
             spec[2] = "tensor"
         return NamedSharding(mesh, P(*spec))
 
     def _constrain(self, state):
-        pool = self._pool_sharding()
-        out = {k: jax.lax.with_sharding_constraint(v, self._slot_sharding(v.ndim))
+        pool = self.pool_sharding()
+        out = {k: jax.lax.with_sharding_constraint(v, self.slot_sharding(v.ndim))
                for k, v in state.items() if k not in ("k", "v")}
         for k in ("k", "v"):
             out[k] = tuple(jax.lax.with_sharding_constraint(x, pool) for x in state[k])
@@ -305,7 +305,7 @@ class Run:
                 self.slot_limit[g, s] = length + self.opts.max_new_tokens - len(self.tokens[row]) - 1
                 self.slot_age[g, s] = self.clock
                 self.clock += 1
-        put = lambda x: parallel.to_global(np.asarray(x), self.pr._slot_sharding(x.ndim))
+        put = lambda x: parallel.to_global(np.asarray(x), self.pr.slot_sharding(x.ndim))
         self.state = self.pr.prefill(self.params, self.state, put(tokens), put(mask), put(slots), put(pages),
                                      put(rows), put(ngen0), cache_dtype=self.opts.cache_dtype,
                                      gather_per_layer=self.gather)
@@ -334,7 +334,7 @@ class Run:
     def _decode(self):
         lay, o = self.lay, self.opts
         active = (self.slot_row >= 0).reshape(-1)
-        put = lambda x: parallel.to_global(np.asarray(x), self.pr._slot_sharding(x.ndim))
+        put = lambda x: parallel.to_global(np.asarray(x), self.pr.slot_sharding(x.ndim))
         self.state, tok, lp = self.pr.decode(
             self.params, self.state, put(self.table), put(self.owner), put(self.base), put(active), self.rng,
             jnp.int32(o.max_new_tokens), jnp.float32(o.temperature), jnp.float32(o.top_p),
@@ -350,7 +350,8 @@ class Run:
                 self.lps[row] += lp[b, :count].tolist()
                 self.slot_pos[g, s] += count
                 if not live[b]:
-                    self.finish[row] = FINISH_STOP if self.tokens[row] and self.tokens[row][-1] in stops else FINISH_LENGTH
+                    stopped = self.tokens[row] and self.tokens[row][-1] in stops
+                    self.finish[row] = FINISH_STOP if stopped else FINISH_LENGTH
                     done.append(row)
                     self._release(g, s)
         return done

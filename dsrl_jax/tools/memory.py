@@ -38,7 +38,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import app, flags
 from ml_collections import config_flags
@@ -50,25 +49,7 @@ from dsrl_jax.rl import batch as batch_lib
 from dsrl_jax.rl import update
 from dsrl_jax.rl.trainer import stage_loss
 from dsrl_jax.sampling import SampleOptions, Sampler, bucket
-from dsrl_jax.tools import throughput, topologies
-
-
-def _preparse_topology(argv) -> str:
-    for i, a in enumerate(argv):
-        if a.startswith("--topology="):
-            return a.split("=", 1)[1]
-        if a == "--topology" and i + 1 < len(argv):
-            return argv[i + 1]
-    return "v5e-8"
-
-
-def setup_fake_devices(num_devices: int) -> None:
-    """`num_devices` CPU devices. Must run before JAX starts its backends (any JAX
-    operation): jax.config refuses the device count afterwards (RuntimeError)."""
-    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f]
-    os.environ["XLA_FLAGS"] = " ".join(kept)
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", num_devices)
+from dsrl_jax.tools import planning, throughput, topologies
 
 
 # ---- library ----------------------------------------------------------------------------
@@ -91,35 +72,8 @@ def model_config(c, preset_name: str | None = None, num_layers: int | None = Non
     return preset(preset_name or "deepseek-r1-distill-qwen-1.5b", **options)
 
 
-def _stats(compiled) -> dict:
-    mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    # XLA:CPU's peak_memory_in_bytes counts arguments only; use the buffer-assignment sum
-    # (live arguments + outputs not aliased to donated arguments + temporaries).
-    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
-    return {
-        "peak_bytes_per_device": int(peak),
-        "argument_bytes": int(mem.argument_size_in_bytes),
-        "output_bytes": int(mem.output_size_in_bytes),
-        "alias_bytes": int(mem.alias_size_in_bytes),
-        "temp_bytes": int(mem.temp_size_in_bytes),
-        "flops": float((cost or {}).get("flops", 0.0)),
-    }
-
-
 def _sds(shape, dtype, sharding):
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-
-
-def _per_device_bytes(tree) -> int:
-    """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
-    total = 0
-    for x in jax.tree.leaves(tree):
-        shard = x.sharding.shard_shape(x.shape)
-        total += int(np.prod(shard)) * np.dtype(x.dtype).itemsize
-    return total
 
 
 def abstract_state(cfg, c, mesh, rules):
@@ -175,7 +129,7 @@ def plan_train_step(cfg, c, mesh, rules, state, tx, stage, *, micro_batch=None, 
     compiled = fn.lower(state, batch).compile()
     info = {"micro_batch": micro, "num_micro": nm, "prompt_len": plen, "response_len": mlen,
             "tokens_per_micro_batch": micro * (plen + mlen), "compile_s": round(time.perf_counter() - t0, 1)}
-    return _stats(compiled), info
+    return planning.stats(compiled), info
 
 
 def plan_sampler(cfg, c, mesh, rules, params, stage, *, prompts_per_call=None):
@@ -199,7 +153,7 @@ def plan_sampler(cfg, c, mesh, rules, params, stage, *, prompts_per_call=None):
     compiled = sampler._generate.lower(*args, max_new_bucket=new, opts=opts.static()).compile()
     info = {"prompts_per_call": prompts, "padded_prompts": rows, "sequences": rows * r.group_size,
             "cache_len": plen + new, "compile_s": round(time.perf_counter() - t0, 1)}
-    return _stats(compiled), info
+    return planning.stats(compiled), info
 
 
 def plan_logprobs(cfg, c, mesh, rules, params, stage, rows: int, exact_lengths=False):
@@ -209,7 +163,7 @@ def plan_logprobs(cfg, c, mesh, rules, params, stage, rows: int, exact_lengths=F
     t0 = time.perf_counter()
     compiled = fn.lower(params, _sds((rows, plen + mlen), jnp.int32, sh),
                         _sds((rows, plen + mlen), jnp.bool_, sh)).compile()
-    return _stats(compiled), {"rows": rows, "compile_s": round(time.perf_counter() - t0, 1)}
+    return planning.stats(compiled), {"rows": rows, "compile_s": round(time.perf_counter() - t0, 1)}
 
 
 def largest_stage(c) -> tuple[int, dict]:
@@ -234,8 +188,8 @@ def _run_plan(c, topology, mesh, rules, cfg, micro_batch, seq_len, num_micro, pr
     state, tx = abstract_state(cfg, c, mesh, rules)
     si, stage = largest_stage(c)
     loss_cfg = stage_loss(c, stage)
-    param_b = _per_device_bytes(state["params"])
-    opt_b = _per_device_bytes(state["opt_state"])
+    param_b = planning.per_device_bytes(state["params"])
+    opt_b = planning.per_device_bytes(state["opt_state"])
     ref_b = param_b if any(stage_loss(c, dict(s)).kl_coef for s in c.curriculum.stages) else 0
     out = {"topology": topology.name, "devices": topology.devices, "hbm_bytes_per_device": topology.hbm_bytes,
            "mesh": dict(mesh.shape), "stage": stage.get("name", si), "model_params": int(sum(
@@ -348,7 +302,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _topo = topologies.get(_preparse_topology(sys.argv))
-    setup_fake_devices(_topo.devices)
+    _topo = topologies.get(planning.preparse_topology(sys.argv))
+    planning.setup_fake_devices(_topo.devices)
     _define_flags()
     app.run(main)

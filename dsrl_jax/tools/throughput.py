@@ -30,42 +30,42 @@ Continuous rollout steps = all tokens / slots + one cap for the drain at the end
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import math
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
+
+from dsrl_jax import continuous, parallel
+from dsrl_jax.models import qwen2
+from dsrl_jax.models.config import param_count, preset
+from dsrl_jax.sampling import SampleOptions, Sampler, bucket, gathers_weights
+from dsrl_jax.tools import planning, topologies
 
 TRUNCATED = 0.15  # fraction of responses cut at the cap
 MEAN = 0.45  # mean response length / cap
 
 
 def _sds(shape, dtype, sharding):
-    import jax
-
     return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-
-
-def _cost(compiled) -> tuple[float, float]:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    cost = cost or {}
-    return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
 
 
 def sampling_params(sampler, replicate: bool, training_params=None):
     """Abstract parameters as the sampler decodes from them: Sampler.prepare's output
     (compute dtype, layers unstacked; replicated over the data axes, or with `replicate`
     False the training shardings of `training_params`)."""
-    import jax
-
-    from dsrl_jax.models import qwen2
-
     dtype = sampler.cfg.dtype
     abstract = jax.eval_shape(qwen2.unstack_layers, qwen2.abstract_params(sampler.cfg))
     if replicate:
         shardings = sampler.sampling_shardings()
     else:
-        from jax.sharding import NamedSharding, PartitionSpec as P
-
         sh = jax.tree.map(lambda a: a.sharding, training_params)
         layer = jax.tree.map(lambda s: NamedSharding(s.mesh, P(*s.spec[1:])), sh["layers"])
         shardings = {**sh, "layers": tuple(layer for _ in range(sampler.cfg.num_layers))}
@@ -80,21 +80,13 @@ def compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill: 
     f32 (weights, cache, activations: no upcasts). Reported: peak = the bf16 program's
     arguments and unaliased outputs + the f32 program's temporaries (an upper bound of the
     bf16 ones); bytes accessed = half the f32 program's (every array at twice its size)."""
-    import dataclasses
-
-    import jax
-    import jax.numpy as jnp
-
-    from dsrl_jax.sampling import Sampler
-
     if jnp.dtype(sampler.cfg.dtype) == jnp.float32 and opts.cache_dtype == "float32":
         return _compile_continuous(sampler, layout, params, opts, prompt_len, prefill)
     if cpu_raw:
         raw = _compile_continuous(sampler, layout, params, opts, prompt_len, prefill)
     else:  # arguments from the abstract shapes (the donated state aliases the outputs)
-        from dsrl_jax.tools.memory import _per_device_bytes
-
-        args = _per_device_bytes(params) + _per_device_bytes(abstract_state(sampler, layout, opts.cache_dtype))
+        state = abstract_state(sampler, layout, opts.cache_dtype)
+        args = planning.per_device_bytes(params) + planning.per_device_bytes(state)
         st = {"argument_bytes": args, "output_bytes": 0, "alias_bytes": 0}
         raw = [dict(st), dict(st) if prefill else None]
     f32 = Sampler(dataclasses.replace(sampler.cfg, dtype="float32", param_dtype="float32"), sampler.mesh,
@@ -119,29 +111,18 @@ def compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill: 
 
 def abstract_state(sampler, layout, cache_dtype):
     """Sharded ShapeDtypeStructs of the continuous-batching device state."""
-    import jax
-
-    from dsrl_jax import continuous
-
     progs = continuous.Programs(sampler, layout)
-    shapes = jax.eval_shape(functools.partial(progs._init_state, cache_dtype))
-    pool_sh = progs._pool_sharding()
+    shapes = jax.eval_shape(functools.partial(progs.init_state, cache_dtype=cache_dtype))
+    pool_sh = progs.pool_sharding()
     return {k: (tuple(_sds(x.shape, x.dtype, pool_sh) for x in v) if k in ("k", "v")
-                else _sds(v.shape, v.dtype, progs._slot_sharding(v.ndim))) for k, v in shapes.items()}
+                else _sds(v.shape, v.dtype, progs.slot_sharding(v.ndim))) for k, v in shapes.items()}
 
 
 def _compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill: bool = True):
-    import jax
-    import jax.numpy as jnp
-
-    from dsrl_jax import continuous, parallel
-    from dsrl_jax.sampling import bucket, gathers_weights
-    from dsrl_jax.tools.memory import _stats
-
     progs = continuous.Programs(sampler, layout)
     state = abstract_state(sampler, layout, opts.cache_dtype)
     g, s, n, m = layout.G, layout.S, layout.N, layout.M
-    sh = progs._slot_sharding
+    sh = progs.slot_sharding
     rep = parallel.replicated(sampler.mesh)
     key = jax.eval_shape(lambda: jax.random.key(0))
     gather = gathers_weights(params, sampler.mesh, sampler.rules)
@@ -162,8 +143,8 @@ def _compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill:
         if compiled is None:
             out.append(None)
             continue
-        st = _stats(compiled)
-        st["flops"], st["bytes_accessed"] = _cost(compiled)
+        st = planning.stats(compiled)
+        st["flops"], st["bytes_accessed"] = planning.cost(compiled)
         out.append(st)
     out[0]["bytes_accessed_raw"] = out[0]["bytes_accessed"]
     out[0]["bytes_accessed"] -= pool_write_overcount(sampler, layout, opts.cache_dtype)
@@ -176,10 +157,6 @@ def pool_write_overcount(sampler, layout, cache_dtype: str) -> float:
     while a donated, loop-carried pool is updated in place on TPU: the scatters of one step
     (k and v, one token per slot, every layer) compiled alone on one device's shard, minus
     the bytes they really write."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
     cfg, mesh = sampler.cfg, sampler.mesh
     tensor = mesh.shape.get("tensor", 1)
     hkv = cfg.num_kv_heads // tensor if cfg.num_kv_heads % tensor == 0 else cfg.num_kv_heads
@@ -192,7 +169,7 @@ def pool_write_overcount(sampler, layout, cache_dtype: str) -> float:
     sd = lambda shape, t=dt: jax.ShapeDtypeStruct(shape, t)
     compiled = jax.jit(write, donate_argnums=(0, 1)).lower(
         sd((n, hkv, d, p)), sd((n, hkv, p, d)), sd((s,), jnp.int32), sd((s,), jnp.int32), sd((s, hkv, d))).compile()
-    counted = _cost(compiled)[1]
+    counted = planning.cost(compiled)[1]
     written = 2 * s * hkv * d * np.dtype(dt).itemsize
     return cfg.num_layers * max(counted - written, 0.0)
 
@@ -204,12 +181,6 @@ def step_seconds(flops: float, bytes_accessed: float, topology) -> float:
 def plan_rollout(cfg, c, mesh, rules, state, stage, topology, *, rows_per_chip=24, kv_fraction=0.5,
                  steps_per_call=32, page_size=64, prefill_rows=2) -> dict:
     """The "rollout" entry of the memory plan (see the module docstring)."""
-    import dataclasses
-
-    from dsrl_jax import continuous
-    from dsrl_jax.sampling import SampleOptions, Sampler, bucket
-    from dsrl_jax.tools.memory import _per_device_bytes
-
     r = c.rollout
     plen, cap = int(stage["max_prompt_len"]), int(stage["max_response_len"])
     sampler = Sampler(cfg, mesh, rules)
@@ -237,7 +208,7 @@ def plan_rollout(cfg, c, mesh, rules, state, stage, topology, *, rows_per_chip=2
     calls = math.ceil(r.batch_prompts / (r.prompts_per_sample_call or r.batch_prompts))
     static_s = calls * cap * static_step_s
     peak = max(dec["peak_bytes_per_device"], pre["peak_bytes_per_device"])
-    resident = _per_device_bytes(state["params"]) + _per_device_bytes(state["opt_state"])
+    resident = planning.per_device_bytes(state["params"]) + planning.per_device_bytes(state["opt_state"])
     return {
         "rows_in_flight_per_chip": rows_per_chip, "slots": lay.G * lay.S, "kv_cache_tokens": kv_tokens,
         "kv_fraction": kv_fraction, "page_size": page_size, "steps_per_call": steps_per_call,
@@ -289,16 +260,6 @@ def plan_sampling_program(cfg, mesh, rules, topology, prompt_len: int, new_token
     model's layers (every fitted figure is a compiled one; only the extrapolation is
     modeled). `rows_per_device` is the largest power of two <= rows per call / data-parallel
     devices (prompts per call = rows_per_device x devices / samples stays a power of two)."""
-    import dataclasses
-
-    import jax
-    import numpy as np
-
-    from dsrl_jax import continuous, parallel
-    from dsrl_jax.models import qwen2
-    from dsrl_jax.models.config import param_count
-    from dsrl_jax.sampling import SampleOptions, Sampler, bucket, gathers_weights
-
     weight_bytes = param_count(cfg) * np.dtype(cfg.dtype).itemsize
     dp = parallel.data_parallel_size(mesh, rules)
     row_tokens = bucket(prompt_len, 16) + new_tokens
@@ -351,11 +312,6 @@ def plan_sampling_program(cfg, mesh, rules, topology, prompt_len: int, new_token
 
 def sampling_plans(c, topology, kind: str) -> dict:
     """{"score": {proxy: plan}} for configs/score.py, {"eval": {model: plan}} for configs/eval.py."""
-    import jax
-
-    from dsrl_jax import parallel
-    from dsrl_jax.models.config import preset
-
     devices = jax.devices()[: topology.devices]
     mesh = parallel.make_mesh(dict(c.get("mesh") or {"fsdp": -1}), devices)
     rules = dict(c.get("sharding_rules") or parallel.DEFAULT_RULES)
@@ -381,12 +337,6 @@ def sampling_plans(c, topology, kind: str) -> dict:
 
 
 def _main(argv):
-    import json
-
-    from absl import flags
-
-    from dsrl_jax.tools import topologies
-
     F = flags.FLAGS
     topo = topologies.get(F.topology)
     kind = "score" if "proxies" in F.config else "eval"
@@ -403,14 +353,7 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-    import sys
-
-    from dsrl_jax.tools import memory, topologies
-
-    memory.setup_fake_devices(topologies.get(memory._preparse_topology(sys.argv)).devices)
-    from absl import app, flags
-    from ml_collections import config_flags
-
+    planning.setup_fake_devices(topologies.get(planning.preparse_topology(sys.argv)).devices)
     config_flags.DEFINE_config_file("config", "configs/score.py", "configs/score.py or configs/eval.py.")
     flags.DEFINE_string("topology", "v5e-8", "A topology of dsrl_jax.tools.topologies.")
     app.run(_main)
