@@ -47,6 +47,8 @@ import unicodedata
 import ml_collections
 
 from dsrl_jax import paths
+from dsrl_jax.data.sources import load_sources
+from dsrl_jax.evaluate import default_eval_config, load_benchmark, parse_benchmarks
 
 # The paper's evaluation benchmarks plus AIME25 and AMC23 (common companions), by their
 # dsrl_jax.evaluate names; offline, give `name=path` pairs instead.
@@ -153,8 +155,6 @@ def decontaminate(records: list[dict], benchmarks: dict[str, list[dict]], ngram:
 
 def load_benchmarks(spec: str, eval_opts=None) -> dict[str, list[dict]]:
     """{name: records} for a benchmark spec as dsrl_jax.evaluate reads it (hub names or name=path)."""
-    from dsrl_jax.evaluate import default_eval_config, load_benchmark, parse_benchmarks
-
     opts = ml_collections.ConfigDict(dict(default_eval_config() if eval_opts is None else eval_opts))
     with opts.unlocked():
         opts.limit = 0  # decontaminate against every problem, whatever an eval's limit
@@ -195,9 +195,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--min-coverage", type=float, default=0.5,
                    help="share of a benchmark problem's n-grams a row must cover to overlap (default 0.5)")
     args = p.parse_args(argv)
-
-    from dsrl_jax.data.sources import load_sources
-
     try:
         specs = [{"path": f.strip()} for f in args.data.split(",") if f.strip()]
         if not specs:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dsrl_jax.models import hf
+
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 CODE_FORMAT_STDIN = (
@@ -84,8 +86,6 @@ def format_prompt(record: dict, tokenizer, mode: str = "auto", *, system: str | 
     if not has_chat_template(tokenizer):
         raise ValueError(f"prompt mode 'chat' needs a tokenizer with a chat template; "
                          f"{type(tokenizer).__name__} has none (use mode='plain')")
-    from dsrl_jax.models import hf
-
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     return hf.chat_prompt_ids(tokenizer, messages)
 
