@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from dsrl_jax.eval_metrics import is_correct
 from dsrl_jax.policy import Rollout
 from dsrl_jax.rl import grpo
 
@@ -53,7 +54,7 @@ def rollout_metrics(groups: list[Group]) -> dict:
     stats = grpo.group_stats(rewards, len(groups[0].rewards))
     m = {
         "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()),
-        "accuracy": float((rewards >= 1.0).mean()),
+        "accuracy": float(np.mean([is_correct(r) for r in rewards])),
         "response_length/mean": float(lengths.mean()), "response_length/max": int(lengths.max()),
         "truncation_rate": float(truncated.mean()),
         "solve_none": float(stats["solve_none"]), "solve_all": float(stats["solve_all"]),
@@ -62,5 +63,5 @@ def rollout_metrics(groups: list[Group]) -> dict:
     for domain in sorted({g.record.get("domain", "math") for g in groups}):
         r = np.concatenate([g.rewards for g in groups if g.record.get("domain", "math") == domain])
         m[f"reward/{domain}"] = float(r.mean())
-        m[f"accuracy/{domain}"] = float((r >= 1.0).mean())
+        m[f"accuracy/{domain}"] = float(np.mean([is_correct(x) for x in r]))
     return m
