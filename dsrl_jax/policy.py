@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from dsrl_jax import parallel, paths
 from dsrl_jax.checkpoint import Checkpointer
@@ -255,8 +256,6 @@ def _gather_grades(results, rows: int) -> tuple[np.ndarray, list[dict]]:
     infos = [dict(r.info) for r in results]
     if jax.process_count() == 1:
         return scores, infos
-    from jax.experimental import multihost_utils
-
     per = -(-rows // jax.process_count())
     payload = json.dumps(infos, default=str).encode()
     padded = np.zeros(per, np.float32)
