@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
