@@ -24,6 +24,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from dsrl_jax import paths
 from dsrl_jax.models import qwen2
@@ -159,8 +160,6 @@ def load_params(path_or_id: str, cfg: Qwen2Config | None = None, shardings: Any 
 
 def _to_host(x) -> np.ndarray:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
 
