@@ -23,7 +23,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from dsrl_jax import eval_metrics, parallel, paths
+from dsrl_jax import defaults, eval_metrics, parallel, paths
 from dsrl_jax.data.sources import load_source
 from dsrl_jax.policy import Policy, load_policy, rollout
 from dsrl_jax.sampling import Sampler
@@ -51,26 +51,9 @@ BENCHMARKS = {
 
 
 def default_eval_config() -> ml_collections.ConfigDict:
-    """The eval block of the trainer's config (and the generation part of configs/eval.py)."""
-    c = ml_collections.ConfigDict()
-    c.every = 0  # evaluate every this many training steps; 0 = off
-    c.benchmarks = ""  # "aime24,math500" or "aime=/path/aime24.jsonl,..."
-    c.n = 0  # samples per problem; 0 = per benchmark (16 math, 4 livecodebench / code)
-    c.n_per_benchmark = ""  # overrides, e.g. "livecodebench=8,aime24=32"
-    c.temperature = 0.6
-    c.top_p = 0.95
-    c.top_k = 0
-    c.max_new_tokens = 32768
-    c.limit = 0  # first N problems of each benchmark; 0 = all
-    c.prompt_mode = "auto"  # data/prompts.py: chat template if the tokenizer has one, else plain
-    c.batch_size = 0  # prompts per sampler call (each with n samples); 0 = sized from the mesh:
-    c.rows_per_device = 8  # ... rows_per_device x data-parallel devices / n (the memory plan's figure)
-    c.seed = 0
-    c.reward_workers = 2
-    c.lcb_version = "release_v5"  # LiveCodeBench release and contest-date window
-    c.lcb_start_date = "2024-08-01"  # contest dates, inclusive (the window of the paper's
-    c.lcb_end_date = "2025-01-31"  # baselines); hub livecodebench only, not local files
-    return c
+    """The eval block of the trainer's config (and the generation part of configs/eval.py):
+    the table dsrl_jax.defaults.EVAL."""
+    return ml_collections.ConfigDict(defaults.EVAL)
 
 
 # ---- benchmarks -------------------------------------------------------------------------

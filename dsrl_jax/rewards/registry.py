@@ -25,13 +25,12 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dsrl_jax import defaults
+
 REWARDS: dict[str, Callable[..., "RewardResult"]] = {}
 
-DEFAULT_CONFIG = {
-    "math": [{"name": "math", "weight": 1.0}],
-    "code": [{"name": "code", "weight": 1.0}],
-}
-SETTINGS = {"modules": "", "allow_unsandboxed": False}  # keys of the rewards block that are not domains
+DEFAULT_CONFIG = defaults.REWARDS
+SETTINGS = defaults.REWARD_SETTINGS  # keys of the rewards block that are not domains
 
 
 @dataclasses.dataclass
