@@ -24,8 +24,10 @@ import ml_collections
 from tqdm import tqdm
 
 from dsrl_jax import defaults, eval_metrics, parallel, paths
+from dsrl_jax.cli import UsageError
 from dsrl_jax.data.sources import load_source
 from dsrl_jax.policy import Policy, load_policy, rollout
+from dsrl_jax.rewards import DEFAULT_CONFIG, RewardPool
 from dsrl_jax.sampling import Sampler
 
 DEFAULT_N = {"math": 16, "code": 4}  # the paper: 16 samples (AIME24, MATH-500), 4 (LCB)
@@ -220,8 +222,6 @@ def evaluate_policy(policy: Policy, benchmarks, opts, *, params=None, sampler=No
     and resumes from what is already there. `pool` (a RewardPool) and `sampler` are reused
     when given (the trainer has both); otherwise they are made and closed here.
     """
-    from dsrl_jax.rewards import DEFAULT_CONFIG, RewardPool
-
     if isinstance(benchmarks, str):
         benchmarks = {name: load_benchmark(name, path, opts) for name, path in parse_benchmarks(benchmarks)}
     sampler = sampler or Sampler(policy.cfg, policy.mesh, policy.rules)
@@ -271,8 +271,6 @@ def run(config, workdir: str) -> dict:
 def main(argv) -> None:
     del argv
     from absl import flags
-
-    from dsrl_jax.cli import UsageError
 
     if flags.FLAGS.config is None:
         raise UsageError("--config is required (e.g. --config=configs/eval.py --config.model=DIR)")

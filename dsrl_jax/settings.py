@@ -26,15 +26,15 @@ DOMAINS = ("math", "code")
 _OPEN = {"loss", "sampling", "mixture"}  # free-form dicts of a stage: any key is allowed
 
 
-def _plain(x):
-    """ConfigDicts (and dicts / lists of them) as plain dicts and lists: used by
-    `from_config` only, the one conversion point."""
+def plain_config(x):
+    """A ConfigDict (and dicts / lists of them) as plain dicts and lists: the one
+    conversion, called once at an entry point's edge (`from_config`, `score.run`)."""
     if hasattr(x, "to_dict"):
         x = x.to_dict()
     if isinstance(x, Mapping):
-        return {k: _plain(v) for k, v in x.items()}
+        return {k: plain_config(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [plain_config(v) for v in x]
     return x
 
 
@@ -271,7 +271,7 @@ def from_config(config) -> Settings:
     Raises ValueError naming the field when a block does not have the shape the library
     reads (unknown or missing fields, a bad stage).
     """
-    c = _plain(config)
+    c = plain_config(config)
     data = c["data"]
     return Settings(
         config=config, seed=c["seed"], total_steps=c["total_steps"], init_from=c.get("init_from") or "",

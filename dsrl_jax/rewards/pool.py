@@ -124,7 +124,7 @@ class RewardPool:
         timeout_s: float | Mapping[str, float] | None = None,
         start_method: str = "spawn",
     ):
-        self._cfg = reward_config.to_dict() if hasattr(reward_config, "to_dict") else reward_config
+        self._cfg = reward_config  # a plain dict (settings.Settings.rewards) or None: the defaults
         self._specs = init_process(self._cfg)  # fail fast on unknown names or modules
         if isinstance(timeout_s, Mapping) or timeout_s is None:
             self._timeouts = {**DEFAULT_TIMEOUTS, **(timeout_s or {})}
