@@ -72,6 +72,7 @@ def validate_config(c: ml_collections.ConfigDict, *, check_files: bool = True,
         validate_reward_config(s.rewards)
     except (ValueError, KeyError, TypeError) as e:
         _fail("rewards", str(e))
+    _check_loss_names("loss", dataclasses.asdict(s.loss))
     for i, stage in enumerate(s.stages):
         where = f"curriculum.stages[{i}]"
         field = f"{where}.loss" if stage.loss else "loss"  # where a bad value comes from
@@ -83,7 +84,7 @@ def validate_config(c: ml_collections.ConfigDict, *, check_files: bool = True,
             if key == "loss.max_response_len" and "max_response_len" not in stage.loss:
                 _fail(key, f"{message} (in {where}, {stage.name})")
             _fail(f"{where}.{key}", message)
-        _check_loss_names(field, dataclasses.asdict(loss))
+        _check_loss_names(f"{where}.loss", stage.loss)  # the stage's own; the run's are checked above
         try:
             grpo.validate_loss_config(loss)
         except ValueError as e:
