@@ -23,8 +23,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from dsrl_jax import defaults, eval_metrics, parallel, paths
-from dsrl_jax.cli import UsageError
+from dsrl_jax import cli, defaults, eval_metrics, parallel, paths
 from dsrl_jax.data.sources import load_source
 from dsrl_jax.policy import Policy, load_policy, rollout
 from dsrl_jax.rewards import DEFAULT_CONFIG, RewardPool
@@ -273,17 +272,15 @@ def main(argv) -> None:
     from absl import flags
 
     if flags.FLAGS.config is None:
-        raise UsageError("--config is required (e.g. --config=configs/eval.py --config.model=DIR)")
+        raise cli.UsageError("--config is required (e.g. --config=configs/eval.py --config.model=DIR)")
     if not flags.FLAGS.workdir:
-        raise UsageError("--workdir is required (where responses, summary.json and results.md go)")
+        raise cli.UsageError("--workdir is required (where responses, summary.json and results.md go)")
     run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
     from absl import flags
     from ml_collections import config_flags
-
-    from dsrl_jax import cli
 
     config_flags.DEFINE_config_file("config", None, "Eval config file (configs/eval.py).", lock_config=True)
     flags.DEFINE_string("workdir", None, "Where responses, summary.json and results.md go (local or gs://...).")

@@ -24,7 +24,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from dsrl_jax import parallel
+from dsrl_jax import cli, parallel
 from dsrl_jax.data import decontaminate
 from dsrl_jax.data import levels as levels_lib
 from dsrl_jax.data.sources import load_sources
@@ -228,8 +228,6 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     from ml_collections import config_flags
-
-    from dsrl_jax import cli
 
     config_flags.DEFINE_config_file("config", None, "Scoring config (configs/score.py).", lock_config=True)
     cli.run(main)
