@@ -62,7 +62,7 @@ def get_config():
         max_refill_batches=3,  # bounded tries for dynamic sampling
     ))
 
-    # clip 0.2/0.2, KL 0.001 (k3), entropy 0.001, token-mean; max_response_len None = the stage's
+    # clip 0.2/0.2, KL 0.001 (k3), entropy 0.001, token-mean; max_response_len 0 = the stage's
     c.loss = ml_collections.ConfigDict(defaults.LOSS)
 
     c.train = ml_collections.ConfigDict(dict(

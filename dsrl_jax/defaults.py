@@ -39,9 +39,9 @@ LOSS = {
     "mask_truncated": False,  # stage 2: responses cut at the length limit get no loss
     "adv_std_mode": "group",  # key of rl.grpo.ADVANTAGE_STD_MODES; "none" = Dr. GRPO
     "adv_eps": 1e-6,
-    # The constant of seq-mean-token-sum-norm (Dr. GRPO). None or 0 = the stage's
+    # The constant of seq-mean-token-sum-norm (Dr. GRPO). 0 (or None) = the stage's
     # max_response_len; another value must equal it (validation rejects a mismatch).
-    "max_response_len": None,
+    "max_response_len": 0,
 }
 
 # The eval block of the trainer's config (and the generation part of configs/eval.py).

@@ -115,9 +115,9 @@ def test_dr_grpo_max_response_len_is_the_stage_s():
     c.loss.loss_agg, c.loss.adv_std_mode = "seq-mean-token-sum-norm", "none"
     c.curriculum.stages = [dict(name="a", max_response_len=64, end=dict(max_steps=1)),
                            dict(name="b", max_response_len=128)]
-    s = validate_config(c, check_files=False, num_devices=8)  # None: each stage's own length
+    s = validate_config(c, check_files=False, num_devices=8)  # 0: each stage's own length
     assert [stage_loss(s, stage).max_response_len for stage in s.stages] == [64, 128]
-    c.loss.max_response_len = 0  # 0 reads the same
+    c.loss.max_response_len = None  # None reads the same
     s = validate_config(c, check_files=False, num_devices=8)
     assert [stage_loss(s, stage).max_response_len for stage in s.stages] == [64, 128]
     c.curriculum.stages[1]["loss"] = {"max_response_len": 128}  # agrees with its stage

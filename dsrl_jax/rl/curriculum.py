@@ -35,9 +35,9 @@ stage-1 workdir, whose latest checkpoint gives params, optimizer state, step and
 (`continue_from` below), while `model.init` still gives the reference. Both reach the
 same stage-2 state (tests/rl/test_curriculum.py).
 
-`Curriculum(settings.stages)`; `Curriculum.observe(step, metrics)` is called once per training step; it returns True when
-that step ended a stage and the next one begins (the trainer then rebuilds its pipeline and
-options from `.stage`). The last stage has nowhere to go: when its end rule fires
+The trainer runs `Curriculum(settings.stages)`; `observe(step, metrics)` is called once per
+training step and returns True when that step ended a stage and the next one begins (the
+trainer then rebuilds its pipeline and options from `.stage`). The last stage has nowhere to go: when its end rule fires
 `.finished` becomes True (for plateau only with `on_last_stage: True`). All state is in
 `state_dict()`, plain JSON, so a run resumed mid-stage switches at the same step.
 """

@@ -223,7 +223,7 @@ def agg_seq_mean_token_sum_norm(x, mask, *, normalizer=None, max_len=None):
 
     The constant removes GRPO's length bias (long wrong answers penalised less per token).
     """
-    if max_len is None:
+    if not max_len:
         raise ValueError("seq-mean-token-sum-norm needs max_len (cfg.max_response_len)")
     per_seq = (x * mask).sum(-1) / max_len
     n = _seq_count(mask) if normalizer is None else normalizer
