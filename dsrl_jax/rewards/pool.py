@@ -6,7 +6,7 @@ each idle worker and watches its deadline; a worker that overruns (e.g. Math-Ver
 evaluating 9^{9^{9^{9}}}) or dies is killed and replaced, and its item scores 0 with
 info["error"] = "timeout" / "worker_died". The pool therefore never stalls.
 
-    with RewardPool(config.rewards, num_workers=8) as pool:
+    with RewardPool(settings.rewards, num_workers=8) as pool:   # a plain-dict rewards block
         handle = pool.submit(responses, records)   # returns at once
         ...                                        # device work overlaps with grading
         results = handle.result()                  # list[RewardResult], input order
