@@ -1,16 +1,17 @@
 """The defaults every training config starts from: the paper's GRPO settings.
 
 Each field reads as a hyperparameter table; configs/stage1.py etc. change what differs.
+The blocks the library has defaults for too (sharding rules, loss, rewards, eval, a
+curriculum stage, decontamination) come from the literal tables of dsrl_jax/defaults.py,
+the one copy both read. Importing a config imports neither jax nor flax.
 Any field can be overridden on the command line: `--config.loss.kl_coef=0`.
 """
+import copy
+
 import ml_collections
 
-from dsrl_jax import parallel
-from dsrl_jax.data import decontaminate
-from dsrl_jax.evaluate import default_eval_config
-from dsrl_jax.rewards import DEFAULT_CONFIG as DEFAULT_REWARDS
-from dsrl_jax.rl import grpo
-from dsrl_jax.rl.curriculum import default_stage
+from dsrl_jax import defaults
+from dsrl_jax.settings import stage_dict
 
 R1_DISTILL_1P5B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 
@@ -35,8 +36,7 @@ def get_config():
 
     # Mesh axes (data, fsdp, tensor); one may be -1 (inferred from the device count).
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    c.sharding_rules = ml_collections.ConfigDict(
-        {k: (list(v) if isinstance(v, tuple) else v) for k, v in parallel.DEFAULT_RULES.items()})
+    c.sharding_rules = ml_collections.ConfigDict(copy.deepcopy(defaults.SHARDING_RULES))
 
     c.data = ml_collections.ConfigDict(dict(
         sources=[],  # dsrl_jax.data.sources specs: {"path": ...} or {"hub": ..., "split": ...}
@@ -46,7 +46,7 @@ def get_config():
     ))
     # Rows overlapping these benchmarks are dropped when the records load; the report goes
     # to <workdir>/decontamination.json. "" = off; the paper configs set PAPER_BENCHMARKS.
-    c.data.decontaminate = decontaminate.default_config(against="")
+    c.data.decontaminate = ml_collections.ConfigDict(defaults.DECONTAMINATE)  # ngram 13, min_coverage 0.5
 
     c.rollout = ml_collections.ConfigDict(dict(
         batch_prompts=128,  # prompts per step (paper: 128)
@@ -62,7 +62,8 @@ def get_config():
         max_refill_batches=3,  # bounded tries for dynamic sampling
     ))
 
-    c.loss = grpo.default_loss_config()  # clip 0.2/0.2, KL 0.001 (k3), entropy 0.001, token-mean
+    # clip 0.2/0.2, KL 0.001 (k3), entropy 0.001, token-mean; max_response_len 0 = the stage's
+    c.loss = ml_collections.ConfigDict(defaults.LOSS)
 
     c.train = ml_collections.ConfigDict(dict(
         mini_batch_size=0,  # sequences per optimizer update; 0 = the whole rollout (on-policy)
@@ -77,17 +78,16 @@ def get_config():
         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0,
     ))
 
-    c.rewards = ml_collections.ConfigDict(DEFAULT_REWARDS)
-    c.rewards.modules = ""  # comma-separated user modules that @register rewards (imported in every worker)
-    c.rewards.allow_unsandboxed = False  # True: run code rewards without bubblewrap (unsafe, see README)
+    # math / code: one reward each, weight 1; modules "", allow_unsandboxed False (see defaults.py)
+    c.rewards = ml_collections.ConfigDict(copy.deepcopy({**defaults.REWARDS, **defaults.REWARD_SETTINGS}))
     c.reward_workers = 8
     c.reward_timeout_s = 0.0  # 0 = the pool's per-domain defaults
 
     c.curriculum = ml_collections.ConfigDict()
-    c.curriculum.stages = [default_stage(name="main").to_dict()]
+    c.curriculum.stages = [stage_dict(name="main")]  # defaults.STAGE: 1024 / 16384 tokens, no end rule
 
     c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=3, async_save=True, export_hf=True))
-    c.eval = default_eval_config()
+    c.eval = ml_collections.ConfigDict(defaults.EVAL)  # off (every 0)
     c.log = ml_collections.ConfigDict(dict(tensorboard=True, progress=True))
     # Weights & Biases beside TensorBoard and metrics.jsonl: off while project is "" (then
     # wandb is never imported); mode "offline" writes the run locally for `wandb sync`.

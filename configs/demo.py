@@ -17,7 +17,8 @@ project's public entry points. The "smoke" variant (`get_config("smoke")`, also 
 import ml_collections
 
 from configs import base
-from dsrl_jax.rl.curriculum import default_plateau, default_stage
+from dsrl_jax.defaults import PLATEAU
+from dsrl_jax.settings import stage_dict
 
 
 def demo_level_rules():
@@ -84,14 +85,14 @@ def get_config(variant: str = ""):
     c.train.micro_batch_size = 256
     c.reward_workers = 2
 
-    plateau = {**default_plateau(), "window": 10, "patience": 10, "min_steps": 20}
+    plateau = {**PLATEAU, "window": 10, "patience": 10, "min_steps": 20}
     c.curriculum.stages = [
-        default_stage(name="stage1", data={"levels": ["L2"]}, max_prompt_len=32, max_response_len=40,
-                      loss={"entropy_coef": 0.001},
-                      end={"max_steps": 60, "plateau": plateau}).to_dict(),
-        default_stage(name="stage2", data={"levels": ["L3"]}, max_prompt_len=32, max_response_len=64,
-                      loss={"entropy_coef": 0.0, "mask_truncated": True},
-                      end={"max_steps": 40, "plateau": None}).to_dict(),
+        stage_dict(name="stage1", data={"levels": ["L2"]}, max_prompt_len=32, max_response_len=40,
+                   loss={"entropy_coef": 0.001},
+                   end={"max_steps": 60, "plateau": plateau}),
+        stage_dict(name="stage2", data={"levels": ["L3"]}, max_prompt_len=32, max_response_len=64,
+                   loss={"entropy_coef": 0.0, "mask_truncated": True},
+                   end={"max_steps": 40, "plateau": None}),
     ]
     # Periodic held-out evaluation (the demo points eval.benchmarks at its held-out split).
     c.eval.every = 25

@@ -7,14 +7,15 @@ Paper: pass@1 over 16 samples (AIME24, MATH-500) and 4 (LiveCodeBench), temperat
 top_p 0.95, up to 32k new tokens. `n=0` picks 16 / 4 by each benchmark's domain.
 Offline: --config.benchmarks=aime24=../shared/data/math/aime24.jsonl,lcb=../shared/data/code/lcb_2408_2501_public.json
 """
+import copy
+
 import ml_collections
 
-from dsrl_jax import parallel
-from dsrl_jax.evaluate import default_eval_config
+from dsrl_jax import defaults
 
 
 def get_config():
-    config = default_eval_config()
+    config = ml_collections.ConfigDict(defaults.EVAL)  # the trainer's eval block (evaluate.default_eval_config)
     config.model = ""  # HF checkpoint dir, hub id, or a training workdir (latest checkpoint)
     config.dtype = "bfloat16"  # activations; params keep the checkpoint's stored dtype
     config.benchmarks = "aime24,math500,livecodebench"
@@ -26,8 +27,7 @@ def get_config():
     # Sampling runs sharded over all local devices: weights FSDP x tensor-parallel, rows over
     # the data-parallel devices (data x fsdp). Same axes as training; one may be -1.
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    config.sharding_rules = ml_collections.ConfigDict(
-        {k: (list(v) if isinstance(v, tuple) else v) for k, v in parallel.DEFAULT_RULES.items()})
+    config.sharding_rules = ml_collections.ConfigDict(copy.deepcopy(defaults.SHARDING_RULES))
     config.batch_size = 0  # prompts per sampler call; 0 = rows_per_device x devices / n
     # 1.5B at 2048 + 32768 tokens on a v5e-8 (16 on a v4-8), per `python -m dsrl_jax.tools.throughput
     # --config=configs/eval.py --topology=v5e-8` (experiments/results/memory/sampling/)

@@ -7,20 +7,20 @@ Code is graded by running the response's last Python block against the problem's
 the sandbox; its reward is the fraction of tests passed.
 """
 from configs import stage1
-from dsrl_jax.rl.curriculum import default_stage
+from dsrl_jax.settings import stage_dict
 
 
 def get_config():
     c = stage1.get_config()
     c.data.sources = [{"path": "scored/problems.jsonl"}]  # scored math and code problems
-    c.curriculum.stages = [default_stage(
+    c.curriculum.stages = [stage_dict(
         name="math_code",
         data={"levels": {"math": ["L1"], "code": ["L3"]}, "domains": ["math", "code"],
               "mixture": {"math": 2.1, "code": 1.0}},  # 87 math + 41 code prompts per batch
         max_prompt_len=2048,  # code statements are longer
         max_response_len=16384,
         loss={"entropy_coef": 0.001},
-    ).to_dict()]
+    )]
     c.rewards.code = [{"name": "code", "weight": 1.0, "options": {"all_pass": False}}]
     c.total_steps = 2000
     return c

@@ -14,12 +14,13 @@ with `pass_rates_file` (JSONL lines {"id", "proxy": "deepseek-r1", "pass_rate"} 
 keep, so L3 keeps the problems the 32B fails). To require R1 rates (drop problems without
 one): `--config.level_rules.keep.if_missing=False`, or `paper_level_rules(require_strongest=True)`.
 """
+import copy
+
 import ml_collections
 
-from dsrl_jax import parallel
-from dsrl_jax.data import decontaminate
+from dsrl_jax import defaults
+from dsrl_jax.data.decontaminate import PAPER_BENCHMARKS
 from dsrl_jax.data.levels import paper_level_rules
-from dsrl_jax.rewards import DEFAULT_CONFIG
 
 
 def proxy(name, model, **overrides):
@@ -44,7 +45,7 @@ def get_config():
     c.limit = 0  # first N problems of each source (smoke runs); 0 = all
     # Rows overlapping the evaluation benchmarks are dropped before scoring; the report is
     # written beside the output (<output>.decontamination.json). "" = off.
-    c.decontaminate = decontaminate.default_config(against=decontaminate.PAPER_BENCHMARKS)
+    c.decontaminate = ml_collections.ConfigDict({**defaults.DECONTAMINATE, "against": PAPER_BENCHMARKS})
     c.proxies = [
         # rows_per_device: what fits a v5e-8 (16 GiB per chip) at 2048 + 16384 tokens, per
         # `python -m dsrl_jax.tools.throughput --config=configs/score.py --topology=v5e-8`
@@ -57,14 +58,13 @@ def get_config():
     # Each proxy samples sharded over all local devices (FSDP x tensor parallel); same axes as
     # training, one may be -1.
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    c.sharding_rules = ml_collections.ConfigDict(
-        {k: (list(v) if isinstance(v, tuple) else v) for k, v in parallel.DEFAULT_RULES.items()})
+    c.sharding_rules = ml_collections.ConfigDict(copy.deepcopy(defaults.SHARDING_RULES))
     c.only_proxies = ""  # comma-separated proxy names to run now ("" = all)
     c.pass_rates_file = ""  # externally computed rates (DeepSeek-R1), merged before levels
     c.output = "scored/problems.jsonl"  # the merged dataset: records + pass_rates + levels
     c.progress = ""  # the append-only log of (proxy, id) results; "" = <output>.scores.jsonl
     c.prompt_mode = "auto"  # chat template when the tokenizer has one
-    c.rewards = DEFAULT_CONFIG
+    c.rewards = copy.deepcopy(defaults.REWARDS)
     c.reward_workers = 4
     c.level_rules = paper_level_rules()  # keep.if_missing=True: "R1 unknown" counts as keep
     c.level_seed = 0  # seeds L3's sampled fraction of 32B-solved problems

@@ -10,19 +10,20 @@ partial). Paper: the reward plateaued and the run switched to stage 2 at step ~1
 """
 from configs import base
 from dsrl_jax.data.decontaminate import PAPER_BENCHMARKS
-from dsrl_jax.rl.curriculum import default_plateau, default_stage
+from dsrl_jax.defaults import PLATEAU
+from dsrl_jax.settings import stage_dict
 
 
 def stage1(**end):
-    plateau = {**default_plateau(), "metric": "reward/mean", "window": 50, "patience": 100, "min_steps": 200}
-    return default_stage(
+    plateau = {**PLATEAU, "metric": "reward/mean", "window": 50, "patience": 100, "min_steps": 200}
+    return stage_dict(
         name="stage1",
         data={"levels": ["L2"], "domains": ["math"]},
         max_prompt_len=1024,
         max_response_len=16384,
         loss={"entropy_coef": 0.001, "mask_truncated": False},
         end={"max_steps": None, "plateau": {**plateau, **end}},
-    ).to_dict()
+    )
 
 
 def get_config():

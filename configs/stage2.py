@@ -13,18 +13,18 @@ stays the initial model (`model.init`, DeepSeek-R1-Distill-Qwen-1.5B), and the c
 learning rate 1e-6 goes on. `total_steps` counts the global step, stage 1 included.
 """
 from configs import stage1
-from dsrl_jax.rl.curriculum import default_stage
+from dsrl_jax.settings import stage_dict
 
 
 def stage2():
-    return default_stage(
+    return stage_dict(
         name="stage2",
         data={"levels": ["L3"], "domains": ["math"]},
         max_prompt_len=1024,
         max_response_len=24576,
         loss={"entropy_coef": 0.0, "mask_truncated": True},
         end={"max_steps": None, "plateau": None},
-    ).to_dict()
+    )
 
 
 def get_config():

@@ -23,9 +23,10 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from dsrl_jax import eval_metrics, parallel, paths
+from dsrl_jax import cli, defaults, eval_metrics, parallel, paths
 from dsrl_jax.data.sources import load_source
 from dsrl_jax.policy import Policy, load_policy, rollout
+from dsrl_jax.rewards import DEFAULT_CONFIG, RewardPool
 from dsrl_jax.sampling import Sampler
 
 DEFAULT_N = {"math": 16, "code": 4}  # the paper: 16 samples (AIME24, MATH-500), 4 (LCB)
@@ -51,26 +52,9 @@ BENCHMARKS = {
 
 
 def default_eval_config() -> ml_collections.ConfigDict:
-    """The eval block of the trainer's config (and the generation part of configs/eval.py)."""
-    c = ml_collections.ConfigDict()
-    c.every = 0  # evaluate every this many training steps; 0 = off
-    c.benchmarks = ""  # "aime24,math500" or "aime=/path/aime24.jsonl,..."
-    c.n = 0  # samples per problem; 0 = per benchmark (16 math, 4 livecodebench / code)
-    c.n_per_benchmark = ""  # overrides, e.g. "livecodebench=8,aime24=32"
-    c.temperature = 0.6
-    c.top_p = 0.95
-    c.top_k = 0
-    c.max_new_tokens = 32768
-    c.limit = 0  # first N problems of each benchmark; 0 = all
-    c.prompt_mode = "auto"  # data/prompts.py: chat template if the tokenizer has one, else plain
-    c.batch_size = 0  # prompts per sampler call (each with n samples); 0 = sized from the mesh:
-    c.rows_per_device = 8  # ... rows_per_device x data-parallel devices / n (the memory plan's figure)
-    c.seed = 0
-    c.reward_workers = 2
-    c.lcb_version = "release_v5"  # LiveCodeBench release and contest-date window
-    c.lcb_start_date = "2024-08-01"  # contest dates, inclusive (the window of the paper's
-    c.lcb_end_date = "2025-01-31"  # baselines); hub livecodebench only, not local files
-    return c
+    """The eval block of the trainer's config (and the generation part of configs/eval.py):
+    the table dsrl_jax.defaults.EVAL."""
+    return ml_collections.ConfigDict(defaults.EVAL)
 
 
 # ---- benchmarks -------------------------------------------------------------------------
@@ -237,8 +221,6 @@ def evaluate_policy(policy: Policy, benchmarks, opts, *, params=None, sampler=No
     and resumes from what is already there. `pool` (a RewardPool) and `sampler` are reused
     when given (the trainer has both); otherwise they are made and closed here.
     """
-    from dsrl_jax.rewards import DEFAULT_CONFIG, RewardPool
-
     if isinstance(benchmarks, str):
         benchmarks = {name: load_benchmark(name, path, opts) for name, path in parse_benchmarks(benchmarks)}
     sampler = sampler or Sampler(policy.cfg, policy.mesh, policy.rules)
@@ -289,20 +271,16 @@ def main(argv) -> None:
     del argv
     from absl import flags
 
-    from dsrl_jax.cli import UsageError
-
     if flags.FLAGS.config is None:
-        raise UsageError("--config is required (e.g. --config=configs/eval.py --config.model=DIR)")
+        raise cli.UsageError("--config is required (e.g. --config=configs/eval.py --config.model=DIR)")
     if not flags.FLAGS.workdir:
-        raise UsageError("--workdir is required (where responses, summary.json and results.md go)")
+        raise cli.UsageError("--workdir is required (where responses, summary.json and results.md go)")
     run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
     from absl import flags
     from ml_collections import config_flags
-
-    from dsrl_jax import cli
 
     config_flags.DEFINE_config_file("config", None, "Eval config file (configs/eval.py).", lock_config=True)
     flags.DEFINE_string("workdir", None, "Where responses, summary.json and results.md go (local or gs://...).")

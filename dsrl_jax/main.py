@@ -24,7 +24,6 @@ from ml_collections import config_flags
 
 from dsrl_jax import cli, parallel, paths
 from dsrl_jax.rl.trainer import Trainer
-from dsrl_jax.validate import validate_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (or a packaged config's name).",
                                           lock_config=True)
@@ -38,8 +37,7 @@ FLAGS = flags.FLAGS
 def train(config, workdir: str) -> None:
     """GRPO through the config's curriculum in `workdir`; exports an HF checkpoint at the end
     when `checkpoint.export_hf` is set."""
-    validate_config(config)  # before anything is loaded
-    trainer = Trainer(config, workdir)
+    trainer = Trainer(config, workdir)  # validates (and parses) the config before loading anything
     try:
         trainer.run()
         if config.checkpoint.export_hf and trainer.policy.model_dir:

@@ -19,21 +19,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dsrl_jax import defaults
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# FSDP over the embedding dimension, tensor parallelism over heads / mlp / vocab.
-DEFAULT_RULES: dict[str, Any] = {
-    "batch": ("data", "fsdp"),
-    "vocab": "tensor",
-    "embed": "fsdp",
-    "mlp": "tensor",
-    "q_heads": "tensor",
-    "kv_heads": "tensor",
-    "head_dim": None,
-    "layers": None,
-    "norm": None,
-    "length": None,
-}
+# FSDP over the embedding dimension, tensor parallelism over heads / mlp / vocab
+# (the table is dsrl_jax.defaults.SHARDING_RULES; lists become tuples here).
+DEFAULT_RULES: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in defaults.SHARDING_RULES.items()}
 
 
 def mesh_shape(shape: Mapping[str, int], num_devices: int | None = None) -> dict[str, int]:

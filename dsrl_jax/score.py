@@ -20,9 +20,18 @@ import json
 import os
 import sys
 
+import jax
+import ml_collections
+from tqdm import tqdm
+
+from dsrl_jax import cli, parallel
 from dsrl_jax.data import decontaminate
 from dsrl_jax.data import levels as levels_lib
 from dsrl_jax.data.sources import load_sources
+from dsrl_jax.policy import load_policy, rollout
+from dsrl_jax.rewards import RewardPool
+from dsrl_jax.sampling import Sampler
+from dsrl_jax.settings import plain_config
 
 HIST_BINS = ("0", "(0,.25)", "[.25,.5)", "[.5,.75)", "[.75,1)", "1")
 
@@ -103,25 +112,19 @@ def histogram_table(records: list[dict], proxies: list[str]) -> str:
 
 
 # -- scoring one proxy ----------------------------------------------------------------------
-def score_proxy(proxy, records, done, log, pool, config, mesh, *, tokenizer=None, prompt_fn=None) -> collections.Counter:
+def score_proxy(proxy, records, done, log, pool, config, mesh, rules, *, tokenizer=None,
+                prompt_fn=None) -> collections.Counter:
     """Sample, grade and log every record not yet scored by `proxy`; returns counters.
 
     The proxy is loaded sharded on `mesh` (FSDP x tensor parallel: a 32B model does not fit
     one chip). `tokenizer` (an object) and `prompt_fn(record) -> ids` replace the proxy's own
-    tokenizer and the chat-template / plain prompt (the CPU demo passes its own)."""
-    import jax
-    from tqdm import tqdm
-
-    from dsrl_jax import parallel
-    from dsrl_jax.policy import load_policy, rollout
-    from dsrl_jax.sampling import Sampler
-
+    tokenizer and the chat-template / plain prompt (the CPU demo passes its own); `rules`:
+    the sharding rules, a plain dict."""
     stats = collections.Counter()
     todo = [r for r in records if (proxy.name, r["id"]) not in done]
     stats["already_scored"] = len(records) - len(todo)
     if not todo:
         return stats
-    rules = config.sharding_rules.to_dict() if hasattr(config.sharding_rules, "to_dict") else dict(config.sharding_rules)
     policy = load_policy(proxy.model, mesh, rules, tokenizer=tokenizer or proxy.tokenizer or None,
                          prompt_mode=config.prompt_mode, prompt_fn=prompt_fn, dtype=proxy.dtype)
     prompts = []
@@ -160,8 +163,9 @@ def score_proxy(proxy, records, done, log, pool, config, mesh, *, tokenizer=None
 
 # -- the job --------------------------------------------------------------------------------
 def _sources(config) -> list:
+    """The source specs (plain dicts) of a scoring config."""
     specs = ([{"path": p.strip()} for p in config.paths.split(",") if p.strip()] if config.get("paths")
-             else [s.to_dict() if hasattr(s, "to_dict") else dict(s) for s in config.sources])
+             else plain_config(config.sources))
     if config.get("limit"):
         specs = [{**s, "filters": {**(s.get("filters") or {}), "limit": config.limit}} for s in specs]
     return specs
@@ -171,13 +175,8 @@ def run(config, records: list[dict] | None = None, tokenizer=None, prompt_fn=Non
     """The whole job; returns the merged, levelled records written to `config.output`.
     `records` replaces the config's sources; `tokenizer` and `prompt_fn` go to
     `score_proxy` (the CPU demo passes its synthetic problems and character tokenizer)."""
-    import jax
-    import ml_collections
-
-    from dsrl_jax import parallel
-    from dsrl_jax.rewards import RewardPool
-
-    levels_lib.validate_rules(config.level_rules)
+    plain = plain_config(config)  # once: the blocks the library functions read as plain dicts
+    levels_lib.validate_rules(plain["level_rules"])
     proxies = [ml_collections.ConfigDict(p) for p in config.proxies]
     names = [p.name for p in proxies]
     if len(set(names)) != len(names):
@@ -190,24 +189,24 @@ def run(config, records: list[dict] | None = None, tokenizer=None, prompt_fn=Non
         records, reports = load_sources(_sources(config))
         for report in reports:
             print(report, file=sys.stderr)
-        records = decontaminate.apply(records, config.get("decontaminate"), config.output + ".decontamination.json")
+        records = decontaminate.apply(records, plain.get("decontaminate"), config.output + ".decontamination.json")
     if not records:
         raise ValueError("no problems to score: every source came out empty")
     progress = config.progress or config.output + ".scores.jsonl"
     os.makedirs(os.path.dirname(os.path.abspath(progress)), exist_ok=True)
     done = read_progress(progress)
-    mesh = parallel.make_mesh(config.mesh.to_dict() if hasattr(config.mesh, "to_dict") else dict(config.mesh))
+    mesh = parallel.make_mesh(plain["mesh"])
     primary = jax.process_index() == 0  # every process samples and grades; one writes the log
-    with RewardPool(config.rewards, num_workers=config.reward_workers) as pool, \
+    with RewardPool(plain["rewards"], num_workers=config.reward_workers) as pool, \
             (open(progress, "a", encoding="utf-8") if primary else contextlib.nullcontext()) as log:
         for proxy in proxies:
             if wanted and proxy.name not in wanted:
                 continue
-            stats = score_proxy(proxy, records, done, log, pool, config, mesh, tokenizer=tokenizer,
+            stats = score_proxy(proxy, records, done, log, pool, config, mesh, plain["sharding_rules"], tokenizer=tokenizer,
                                 prompt_fn=prompt_fn)
             print(f"{proxy.name}: {dict(stats)}", file=sys.stderr)
     merged = merge_pass_rates(records, done, external)
-    levelled = levels_lib.assign_levels(merged, config.level_rules, seed=config.level_seed)
+    levelled = levels_lib.assign_levels(merged, plain["level_rules"], seed=config.level_seed)
     if primary:
         tmp = config.output + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -216,7 +215,7 @@ def run(config, records: list[dict] | None = None, tokenizer=None, prompt_fn=Non
     all_proxies = list(dict.fromkeys(names + sorted({p for r in merged for p in r.get("pass_rates", {})})))
     print(histogram_table(merged, all_proxies))
     print(f"\n{len(levelled)} of {len(merged)} problems kept by the rules -> {config.output}")
-    print(levels_lib.level_table(levelled, config.level_rules))
+    print(levels_lib.level_table(levelled, plain["level_rules"]))
     return levelled
 
 
@@ -229,8 +228,6 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     from ml_collections import config_flags
-
-    from dsrl_jax import cli
 
     config_flags.DEFINE_config_file("config", None, "Scoring config (configs/score.py).", lock_config=True)
     cli.run(main)

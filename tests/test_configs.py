@@ -92,3 +92,42 @@ def test_score_and_eval_configs_load():
     assert [p["name"] for p in score.proxies][:3] == ["r1-distill-1.5b", "r1-distill-7b", "r1-distill-32b"]
     ev = _load("eval")
     assert ev.temperature == 0.6 and ev.top_p == 0.95 and ev.max_new_tokens == 32768
+
+
+@pytest.mark.parametrize("path", sorted(pathlib.Path(__file__).resolve().parents[1].glob("configs/*.py")),
+                         ids=lambda p: p.stem)
+def test_config_imports_neither_jax_nor_flax(path):
+    import subprocess
+    import sys
+
+    code = (f"import configs.{path.stem}, sys; bad = [m for m in ('jax', 'flax', 'optax') if m in sys.modules]; "
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=path.parents[1], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_dr_grpo_max_response_len_is_the_stage_s():
+    from configs import base
+    from dsrl_jax.settings import stage_loss
+    from dsrl_jax.validate import ConfigError
+
+    c = base.get_config()
+    c.loss.loss_agg, c.loss.adv_std_mode = "seq-mean-token-sum-norm", "none"
+    c.curriculum.stages = [dict(name="a", max_response_len=64, end=dict(max_steps=1)),
+                           dict(name="b", max_response_len=128)]
+    s = validate_config(c, check_files=False, num_devices=8)  # 0: each stage's own length
+    assert [stage_loss(s, stage).max_response_len for stage in s.stages] == [64, 128]
+    c.loss.max_response_len = None  # None reads the same
+    s = validate_config(c, check_files=False, num_devices=8)
+    assert [stage_loss(s, stage).max_response_len for stage in s.stages] == [64, 128]
+    c.curriculum.stages[1]["loss"] = {"max_response_len": 128}  # agrees with its stage
+    validate_config(c, check_files=False, num_devices=8)
+    c.curriculum.stages[1]["loss"] = {"max_response_len": 100}
+    with pytest.raises(ConfigError, match=r"^config\.curriculum\.stages\[1\]\.loss\.max_response_len: 100 differs"
+                                          r" from the stage's max_response_len 128"):
+        validate_config(c, check_files=False, num_devices=8)
+    c.curriculum.stages[1]["loss"] = {}
+    c.loss.max_response_len = 64  # right for stage a, wrong for stage b
+    with pytest.raises(ConfigError, match=r"^config\.loss\.max_response_len: 64 differs .*stages\[1\]") as e:
+        validate_config(c, check_files=False, num_devices=8)
+    assert "\n" not in str(e.value)

@@ -34,8 +34,6 @@ import collections
 import hashlib
 import operator
 
-import ml_collections
-
 DEFAULT_PROXIES = ("r1-distill-1.5b", "r1-distill-7b", "r1-distill-32b", "deepseek-r1")
 
 _OPS = {
@@ -48,7 +46,7 @@ _OPS = {
 
 def paper_level_rules(small=DEFAULT_PROXIES[0], medium=DEFAULT_PROXIES[1], large=DEFAULT_PROXIES[2],
                       strongest=DEFAULT_PROXIES[3], l3_fraction=None,
-                      require_strongest: bool = False) -> ml_collections.ConfigDict:
+                      require_strongest: bool = False) -> dict:
     """The paper's section 3.2.1 rules over configurable proxy names.
 
     `keep`: the strongest proxy (DeepSeek-R1) solves the problem at least once, or has no
@@ -56,7 +54,7 @@ def paper_level_rules(small=DEFAULT_PROXIES[0], medium=DEFAULT_PROXIES[1], large
     """
     partial = lambda p: {"proxy": p, "op": "in_open", "value": [0, 1]}  # noqa: E731
     zero = lambda p: {"proxy": p, "op": "eq", "value": 0}  # noqa: E731
-    return ml_collections.ConfigDict({
+    return {
         "keep": {"proxy": strongest, "op": "gt", "value": 0, "if_missing": not require_strongest},
         "levels": [
             {"name": "L1", "when": partial(small)},
@@ -70,11 +68,7 @@ def paper_level_rules(small=DEFAULT_PROXIES[0], medium=DEFAULT_PROXIES[1], large
                          {"sample": dict(l3_fraction or {"math": 0.5, "code": 0.1})}]},
             ]}},
         ],
-    })  # fmt: skip
-
-
-def _plain(x):
-    return x.to_dict() if hasattr(x, "to_dict") else x
+    }  # fmt: skip
 
 
 def unit_draw(seed: int, salt: str, record_id: str) -> float:
@@ -85,7 +79,6 @@ def unit_draw(seed: int, salt: str, record_id: str) -> float:
 
 def validate_condition(cond, where: str = "condition") -> None:
     """Raise ValueError naming the offending part of a rule."""
-    cond = _plain(cond)
     if not isinstance(cond, dict):
         raise ValueError(f"{where}: a condition must be a dict, got {cond!r}")
     if "all" in cond or "any" in cond:
@@ -97,7 +90,7 @@ def validate_condition(cond, where: str = "condition") -> None:
     elif "not" in cond:
         validate_condition(cond["not"], f"{where}.not")
     elif "sample" in cond:
-        fractions = _plain(cond["sample"])
+        fractions = cond["sample"]
         values = fractions.values() if isinstance(fractions, dict) else [fractions]
         if not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in values):
             raise ValueError(f"{where}.sample: fractions must be numbers in [0, 1], got {fractions!r}")
@@ -113,7 +106,6 @@ def validate_condition(cond, where: str = "condition") -> None:
 
 
 def validate_rules(rules) -> None:
-    rules = _plain(rules)
     if "keep" in rules and rules["keep"] is not None:
         validate_condition(rules["keep"], "rules.keep")
     names = [lvl.get("name") for lvl in rules.get("levels", [])]
@@ -146,7 +138,7 @@ def evaluate(cond, record: dict, seed: int = 0, salt: str = "") -> bool:
 
 def assign_levels(records: list[dict], rules=None, seed: int = 0) -> list[dict]:
     """Kept records (copies) with `levels: [name, ...]`, in input order."""
-    rules = _plain(rules if rules is not None else paper_level_rules())
+    rules = rules if rules is not None else paper_level_rules()
     validate_rules(rules)
     out = []
     for record in records:
@@ -169,7 +161,7 @@ def level_counts(records: list[dict]) -> dict[tuple[str, str], int]:
 def unknown_kept(records: list[dict], rules) -> str | None:
     """A line saying how many kept records had no rate for the keep rule's proxy, when the
     rule keeps such records ("if_missing"); None otherwise."""
-    keep = _plain(_plain(rules).get("keep") or {})
+    keep = rules.get("keep") or {}
     if "proxy" not in keep or not keep.get("if_missing"):
         return None
     names = keep["proxy"] if isinstance(keep["proxy"], (list, tuple)) else [keep["proxy"]]

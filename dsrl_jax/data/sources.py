@@ -4,7 +4,7 @@
                                    "filters": {"date_from": "2024-08-01", "date_to": "2025-01-31"}})
     print(report)   # "lcb: 300 rows: 279 loaded, 0 skipped, 21 filtered {'date window': 21}"
 
-Spec fields (a dict or ConfigDict):
+Spec fields (a plain dict):
     path       a .jsonl / .json / .parquet file, a folder of them, or a glob
     hub        a HF dataset id, with `split` (default "train"), `subset` (config name),
                `revision` and optional `files` (glob patterns inside the repo)
@@ -50,10 +50,6 @@ class SourceReport(SkipReport):
 
     def __str__(self) -> str:
         return f"{self.name}: " + super().__str__()
-
-
-def _plain(spec) -> dict:
-    return spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
 
 
 def _require_pyarrow(files: list[str]) -> None:
@@ -130,7 +126,6 @@ def _date_ok(record: dict, filters: Mapping) -> str | None:
 
 def load_source(spec) -> tuple[list[dict], SourceReport]:
     """Records of one source spec (see the module docstring) and a report of skips/filters."""
-    spec = _plain(spec)
     unknown = set(spec) - SPEC_KEYS
     if unknown:
         raise ValueError(f"source spec: unknown keys {sorted(unknown)}; known: {sorted(SPEC_KEYS)}")
@@ -139,7 +134,7 @@ def load_source(spec) -> tuple[list[dict], SourceReport]:
     fmt = spec.get("format") or "auto"
     if fmt != "auto" and fmt not in ADAPTERS:
         raise ValueError(f"source spec: unknown format {fmt!r}; known: auto, {', '.join(ADAPTERS)}")
-    filters = _plain(spec.get("filters") or {})
+    filters = spec.get("filters") or {}
     if set(filters) - FILTER_KEYS:
         raise ValueError(f"source spec filters: unknown keys {sorted(set(filters) - FILTER_KEYS)}; known: {sorted(FILTER_KEYS)}")
     domain = spec.get("domain")
@@ -171,7 +166,7 @@ def load_source(spec) -> tuple[list[dict], SourceReport]:
 
 def load_sources(specs) -> tuple[list[dict], list[SourceReport]]:
     """Records of several sources, concatenated; an id seen in an earlier source is a skip."""
-    if isinstance(specs, Mapping) or hasattr(specs, "to_dict"):
+    if isinstance(specs, Mapping):
         specs = [specs]
     records, reports, seen = [], [], set()
     for spec in specs:

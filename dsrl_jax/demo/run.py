@@ -38,6 +38,7 @@ from dsrl_jax.demo.evaluate import pass_at_1
 from dsrl_jax.demo.sft import demo_model_config, save_model, warm_start
 from dsrl_jax.demo.task import make_splits
 from dsrl_jax.demo.tokenizer import CharTokenizer
+from dsrl_jax.eval_metrics import is_correct
 from dsrl_jax.evaluate import evaluate_policy
 from dsrl_jax.policy import load_policy
 from dsrl_jax.rewards import RewardPool
@@ -115,10 +116,10 @@ def score_config(config, local: str, models: dict[str, str]) -> ml_collections.C
                               dtype="float32")
     return ml_collections.ConfigDict(dict(
         sources=[{"path": os.path.join(local, RL_PROBLEMS)}], proxies=[proxy(name) for name in MODELS],
-        only_proxies="", pass_rates_file="", mesh={"fsdp": -1}, sharding_rules=config.sharding_rules.to_dict(),
+        only_proxies="", pass_rates_file="", mesh={"fsdp": -1}, sharding_rules=config.sharding_rules,
         output=os.path.join(local, SCORED), progress="", prompt_mode=config.data.prompt_mode,
-        rewards=config.rewards.to_dict(), reward_workers=config.reward_workers,
-        level_rules=config.level_rules.to_dict(), level_seed=config.seed, seed=config.seed))
+        rewards=config.rewards, reward_workers=config.reward_workers,
+        level_rules=config.level_rules, level_seed=config.seed, seed=config.seed))
 
 
 def train_config(config, local: str, init: str) -> ml_collections.ConfigDict:
@@ -152,7 +153,7 @@ def evaluate_heldout(config, spec: str, records, out_dir: str, *, seed: int | No
     with open(os.path.join(out_dir, "demo", "responses.jsonl")) as f:
         for line in f:
             row = json.loads(line)
-            per.setdefault(str(difficulty[row["id"]]), []).append(float(row["reward"] >= 1.0))
+            per.setdefault(str(difficulty[row["id"]]), []).append(float(is_correct(row["reward"])))
     return {"pass@1": summary["pass@1"], "greedy_accuracy": greedy.pass_at_1,
             "by_difficulty": {k: sum(v) / len(v) for k, v in sorted(per.items())}}
 

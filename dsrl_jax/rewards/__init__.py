@@ -1,7 +1,7 @@
 """Rewards: math answers (Math-Verify), sandboxed code tests, a format check.
 
     from dsrl_jax.rewards import RewardPool, parse_reward_config
-    with RewardPool(config.rewards, num_workers=8) as pool:
+    with RewardPool(settings.rewards, num_workers=8) as pool:   # a plain-dict rewards block
         results = pool.score(responses, records)   # list[RewardResult]
 
 Registry and combiner: registry.py. Built-in rewards: math.py ("math"), code.py ("code"),

@@ -6,7 +6,7 @@ each idle worker and watches its deadline; a worker that overruns (e.g. Math-Ver
 evaluating 9^{9^{9^{9}}}) or dies is killed and replaced, and its item scores 0 with
 info["error"] = "timeout" / "worker_died". The pool therefore never stalls.
 
-    with RewardPool(config.rewards, num_workers=8) as pool:
+    with RewardPool(settings.rewards, num_workers=8) as pool:   # a plain-dict rewards block
         handle = pool.submit(responses, records)   # returns at once
         ...                                        # device work overlaps with grading
         results = handle.result()                  # list[RewardResult], input order
@@ -124,7 +124,7 @@ class RewardPool:
         timeout_s: float | Mapping[str, float] | None = None,
         start_method: str = "spawn",
     ):
-        self._cfg = reward_config.to_dict() if hasattr(reward_config, "to_dict") else reward_config
+        self._cfg = reward_config  # a plain dict (settings.Settings.rewards) or None: the defaults
         self._specs = init_process(self._cfg)  # fail fast on unknown names or modules
         if isinstance(timeout_s, Mapping) or timeout_s is None:
             self._timeouts = {**DEFAULT_TIMEOUTS, **(timeout_s or {})}

@@ -25,13 +25,12 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dsrl_jax import defaults
+
 REWARDS: dict[str, Callable[..., "RewardResult"]] = {}
 
-DEFAULT_CONFIG = {
-    "math": [{"name": "math", "weight": 1.0}],
-    "code": [{"name": "code", "weight": 1.0}],
-}
-SETTINGS = {"modules": "", "allow_unsandboxed": False}  # keys of the rewards block that are not domains
+DEFAULT_CONFIG = defaults.REWARDS
+SETTINGS = defaults.REWARD_SETTINGS  # keys of the rewards block that are not domains
 
 
 @dataclasses.dataclass
@@ -74,12 +73,6 @@ def split_final_answer(response: str, after_think: bool = True) -> str | None:
     return response
 
 
-def _as_dict(x) -> dict:
-    if hasattr(x, "to_dict"):  # ml_collections.ConfigDict
-        return x.to_dict()
-    return dict(x)
-
-
 def import_modules(names) -> list[str]:
     """Import user reward modules ("a.b,c" or a list) so their `@register` lines run.
 
@@ -97,19 +90,22 @@ def import_modules(names) -> list[str]:
 
 
 def reward_settings(cfg=None) -> dict:
-    """The non-domain settings of a rewards block (SETTINGS keys), defaults filled in."""
-    cfg = {} if cfg is None else _as_dict(cfg)
+    """The non-domain settings of a plain-dict rewards block (SETTINGS keys), defaults filled in."""
+    cfg = cfg or {}
     return {key: cfg.get(key, default) for key, default in SETTINGS.items()}
 
 
 def parse_reward_config(cfg=None) -> dict[str, list[RewardSpec]]:
-    """{domain: [RewardSpec]} from a dict / ConfigDict; raises ValueError on unknown names.
+    """{domain: [RewardSpec]} from a plain-dict rewards block (settings.Settings.rewards);
+    raises ValueError on unknown names.
 
     The block's `modules` are imported first, so user rewards validate like built-ins.
     """
-    import dsrl_jax.rewards  # noqa: F401  (registers the built-in rewards)
+    # Imported here, not at the top: dsrl_jax.rewards imports this module before it
+    # imports (and so registers) the built-in rewards, a cycle.
+    import dsrl_jax.rewards  # noqa: F401
 
-    cfg = DEFAULT_CONFIG if cfg is None else _as_dict(cfg)
+    cfg = DEFAULT_CONFIG if cfg is None else cfg
     import_modules(cfg.get("modules", ""))
     specs: dict[str, list[RewardSpec]] = {}
     for domain, entries in cfg.items():
@@ -119,9 +115,8 @@ def parse_reward_config(cfg=None) -> dict[str, list[RewardSpec]]:
             raise ValueError(f"rewards.{domain}: expected a list of reward entries, got {type(entries).__name__}")
         specs[domain] = []
         for entry in entries:
-            if not isinstance(entry, Mapping) and not hasattr(entry, "to_dict"):
+            if not isinstance(entry, Mapping):
                 raise ValueError(f"rewards.{domain}: each entry must be an object {{name, weight, options}}")
-            entry = _as_dict(entry)
             name = entry.get("name")
             if not isinstance(name, str) or name not in REWARDS:
                 raise ValueError(
@@ -131,13 +126,13 @@ def parse_reward_config(cfg=None) -> dict[str, list[RewardSpec]]:
             if unknown:
                 raise ValueError(f"reward {name!r}: unknown keys {sorted(unknown)}")
             options = entry.get("options") or {}
-            if not isinstance(options, Mapping) and not hasattr(options, "to_dict"):
+            if not isinstance(options, Mapping):
                 raise ValueError(f"reward {name!r}: options must be an object")
             try:
                 weight = float(entry.get("weight", 1.0))
             except (TypeError, ValueError):
                 raise ValueError(f"reward {name!r}: weight must be a number") from None
-            specs[domain].append(RewardSpec(name, weight, _as_dict(options)))
+            specs[domain].append(RewardSpec(name, weight, dict(options)))
     return specs
 
 

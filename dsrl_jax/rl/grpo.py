@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from dsrl_jax import defaults
+
 Array = jax.Array
 
 
@@ -221,7 +223,7 @@ def agg_seq_mean_token_sum_norm(x, mask, *, normalizer=None, max_len=None):
 
     The constant removes GRPO's length bias (long wrong answers penalised less per token).
     """
-    if max_len is None:
+    if not max_len:
         raise ValueError("seq-mean-token-sum-norm needs max_len (cfg.max_response_len)")
     per_seq = (x * mask).sum(-1) / max_len
     n = _seq_count(mask) if normalizer is None else normalizer
@@ -248,20 +250,8 @@ def aggregate(x: Array, mask: Array, kind: str, *, normalizer=None, max_len=None
 
 # ---------------------------------------------------------------- the GRPO loss
 def default_loss_config() -> ml_collections.ConfigDict:
-    """Loss hyperparameters (paper: KL 0.001, entropy 0.001; stage 2 masks truncations)."""
-    return ml_collections.ConfigDict(dict(
-        clip_low=0.2,
-        clip_high=0.2,           # > clip_low for DAPO clip-higher, e.g. 0.28
-        dual_clip=None,          # e.g. 3.0: cap on the loss of negative-advantage tokens
-        kl_coef=0.001,           # 0 drops the term and the reference model
-        kl_estimator="k3",       # key of KL_ESTIMATORS
-        entropy_coef=0.001,      # bonus: loss -= entropy_coef * entropy; stage 2: 0
-        loss_agg="token-mean",   # key of LOSS_AGGREGATIONS
-        mask_truncated=False,    # stage 2: responses cut at the length limit get no loss
-        adv_std_mode="group",    # key of ADVANTAGE_STD_MODES; "none" = Dr. GRPO
-        adv_eps=1e-6,
-        max_response_len=None,   # the constant of seq-mean-token-sum-norm
-    ))
+    """Loss hyperparameters: the table dsrl_jax.defaults.LOSS (paper: KL 0.001, entropy 0.001)."""
+    return ml_collections.ConfigDict(defaults.LOSS)
 
 
 def validate_loss_config(cfg) -> None:

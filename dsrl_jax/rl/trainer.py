@@ -19,7 +19,6 @@ checkpoint and continues bit-for-bit (RNG, data order and curriculum state are s
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from typing import Callable
@@ -35,6 +34,8 @@ from dsrl_jax import policy as policy_lib
 from dsrl_jax.checkpoint import Checkpointer, abstract_like
 from dsrl_jax.data import decontaminate
 from dsrl_jax.data.pipeline import PromptPipeline
+from dsrl_jax.data.sources import load_sources
+from dsrl_jax.evaluate import evaluate_policy, metrics_for_logging
 from dsrl_jax.metrics import MetricsWriter, Timer
 from dsrl_jax.models import hf
 from dsrl_jax.policy import load_policy
@@ -43,46 +44,35 @@ from dsrl_jax.rl import batch as batch_lib
 from dsrl_jax.rl import rollout, update
 from dsrl_jax.rl.curriculum import Curriculum, continue_from
 from dsrl_jax.sampling import SampleOptions, Sampler
-
-
-def _merged(base: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
-    out = copy.deepcopy(base)
-    for k, v in dict(overrides or {}).items():
-        out[k] = v
-    return out
-
-
-def stage_loss(config: ml_collections.ConfigDict, stage) -> ml_collections.ConfigDict:
-    """The loss options of `stage`: config.loss with the stage's `loss` overrides."""
-    return _merged(config.loss, dict(stage.get("loss") or {}))
+from dsrl_jax.settings import Stage, stage_loss, stage_rollout
+from dsrl_jax.validate import validate_config
 
 
 class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         """The run `config` describes in `workdir`: its policy is the spec `config.model.init`
-        names and its problems are `config.data.sources`."""
-        from dsrl_jax.validate import validate_config
-
-        validate_config(config)
+        names and its problems are `config.data.sources`. The config is validated and parsed
+        once (`self.settings`, a settings.Settings); the trainer reads the parsed values."""
+        self.settings = s = validate_config(config)
         self.config, self.workdir = config, paths.normalize(workdir)  # local or a URL (gs://...)
         paths.makedirs(self.workdir)
-        self.rules = config.sharding_rules.to_dict()
-        self.mesh = parallel.make_mesh(config.mesh.to_dict())
+        self.rules = s.sharding_rules
+        self.mesh = parallel.make_mesh(s.mesh)
         m = config.model
         policy = load_policy(m.init, self.mesh, self.rules, tokenizer=m.tokenizer or None,
-                             prompt_mode=config.data.prompt_mode, plain_template=config.data.plain_template,
+                             prompt_mode=s.data.prompt_mode, plain_template=s.data.plain_template,
                              dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat=m.remat,
                              attention_impl=m.attention_impl)
         self.policy, self.cfg, self.tokenizer = policy, policy.cfg, policy.tokenizer
         params = policy.params
         self.records = self._load_records()
-        self.curriculum = Curriculum(config.curriculum.stages)
+        self.curriculum = Curriculum(s.stages)
         self.tx, self.schedule = update.make_optimizer(config.optim)
-        state = update.init_state(params, self.tx, jax.random.key(config.seed))
+        state = update.init_state(params, self.tx, jax.random.key(s.seed))
         self.state_shardings = update.state_shardings(state, self.mesh)
         self.state = jax.device_put(state, self.state_shardings)
         self.ref_params = None
-        if any(self._loss_cfg(s).kl_coef for s in config.curriculum.stages):
+        if any(stage_loss(s, stage).kl_coef for stage in s.stages):
             self.ref_params = jax.tree.map(jnp.copy, params)  # the frozen reference policy
         self.sampler = Sampler(self.cfg, self.mesh, self.rules)
         self.checkpointer = Checkpointer(paths.join(self.workdir, "checkpoints"), keep=config.checkpoint.keep,
@@ -99,39 +89,31 @@ class Trainer:
                                      is_primary=jax.process_index() == 0,
                                      wandb=config.log.wandb.to_dict() if "wandb" in config.log else None,
                                      run_config=config.to_dict())
-        timeout = config.reward_timeout_s or None
-        self.pool = RewardPool(config.rewards.to_dict(), num_workers=config.reward_workers, timeout_s=timeout)
+        self.pool = RewardPool(s.rewards, num_workers=s.reward_workers, timeout_s=s.reward_timeout_s or None)
 
     # -- setup -----------------------------------------------------------------------------
     def _load_records(self):
-        from dsrl_jax.data.sources import load_sources
-
-        records, reports = load_sources([dict(s) for s in self.config.data.sources])
+        records, reports = load_sources(self.settings.data.sources)
         for r in reports:
             if r.skipped:
                 print(str(r))
-        return decontaminate.apply(records, self.config.data.get("decontaminate"),
+        return decontaminate.apply(records, self.settings.data.decontaminate,
                                    paths.join(self.workdir, "decontamination.json"), eval_opts=self.config.eval)
-
-    def _loss_cfg(self, stage) -> ml_collections.ConfigDict:
-        return stage_loss(self.config, stage)
 
     def _build_pipeline(self):
         stage = self.curriculum.stage
         data = stage.data
-        plain = lambda x: x.to_dict() if hasattr(x, "to_dict") else x
-        select = {"levels": plain(data.levels), "domains": data.domains}
         self.pipeline = PromptPipeline(
-            self.records, select=select, mixture=data.mixture.to_dict() if data.mixture else None,
-            batch_prompts=self.config.rollout.batch_prompts, max_prompt_len=stage.max_prompt_len,
+            self.records, select={"levels": data.levels, "domains": data.domains}, mixture=data.mixture,
+            batch_prompts=self.settings.rollout.batch_prompts, max_prompt_len=stage.max_prompt_len,
             tokenize_fn=self.policy.prompt_fn,
-            seed=self.config.data.seed + 1000 * self.curriculum.stage_index)
+            seed=self.settings.data.seed + 1000 * self.curriculum.stage_index)
 
     def _maybe_resume(self) -> int | None:
         step = self.checkpointer.latest_step()
         if step is None:
-            if self.config.get("init_from"):  # continue another run (stage 2 after stage 1)
-                self.state = continue_from(self.config.init_from, self.state)
+            if self.settings.init_from:  # continue another run (stage 2 after stage 1)
+                self.state = continue_from(self.settings.init_from, self.state)
             self._build_pipeline()
             return None
         state, extra = self.checkpointer.restore(step, abstract_like(self.state))
@@ -155,16 +137,17 @@ class Trainer:
             paths.copy_file(gen_cfg, paths.join(self.workdir, "generation_config.json"))
 
     # -- one step --------------------------------------------------------------------------
-    def _sample_options(self, stage) -> SampleOptions:
-        r = _merged(self.config.rollout, dict(stage.get("sampling") or {}))
+    def _sample_options(self, stage: Stage) -> SampleOptions:
+        r = stage_rollout(self.settings, stage)
         return self.policy.sample_options(max_new_tokens=stage.max_response_len, temperature=r.temperature,
                                           top_p=r.top_p, top_k=r.top_k, n=r.group_size, cache_dtype=r.cache_dtype,
-                                          max_in_flight=r.get("max_in_flight") or None,
-                                          kv_cache_tokens=r.get("kv_cache_tokens") or None)
+                                          max_in_flight=r.max_in_flight or None,
+                                          kv_cache_tokens=r.kv_cache_tokens or None)
 
-    def _rollout(self, stage, key, timer: Timer):
-        """Groups for one update (dynamic sampling refills from further prompt batches)."""
-        opts, r = self._sample_options(stage), self.config.rollout
+    def _rollout(self, stage: Stage, key, timer: Timer):
+        """Groups for one update (dynamic sampling refills from further prompt batches); the
+        batch sizes and refill rules are the run's rollout block, not the stage's overrides."""
+        opts, r = self._sample_options(stage), self.settings.rollout
         kept, all_groups, gen = [], [], {}
         for attempt in range(1 + (r.max_refill_batches if r.dynamic_sampling else 0)):
             batch = next(self.pipeline)
@@ -210,11 +193,11 @@ class Trainer:
         stage = self.curriculum.stage
         step = int(self.state["step"])
         key = jax.random.fold_in(self.state["rng"], step)
-        loss_cfg, timer, c = self._loss_cfg(stage), Timer(), self.config
+        loss_cfg, timer, c = stage_loss(self.settings, stage), Timer(), self.config
         groups, metrics = self._rollout(stage, key, timer)  # graded: the rewards are in
         # The update scores tokens under the distribution they were drawn from: logits / T.
         temperature = float(self._sample_options(stage).temperature)
-        batch, prompt_len = batch_lib.train_batch(groups, c.rollout.batch_prompts, loss_cfg.adv_std_mode,
+        batch, prompt_len = batch_lib.train_batch(groups, self.settings.rollout.batch_prompts, loss_cfg.adv_std_mode,
                                                   loss_cfg.adv_eps, max_prompt_len=stage.max_prompt_len,
                                                   max_response_len=stage.max_response_len)
         plan = batch_lib.batch_plan(batch.tokens.shape[0], c.train, parallel.data_parallel_size(self.mesh, self.rules))
@@ -225,7 +208,7 @@ class Trainer:
             if loss_cfg.kl_coef and self.ref_params is not None:
                 batch = batch.replace(ref_logprobs=self._logprobs(self.ref_params, batch, prompt_len, temperature,
                                                                   plan.micro))
-        rng = np.random.default_rng([c.seed, step]) if c.train.shuffle_minibatches else None
+        rng = np.random.default_rng([self.settings.seed, step]) if c.train.shuffle_minibatches else None
         update_metrics, t0 = [], time.perf_counter()
         with timer.phase("update"):
             for _ in range(plan.epochs):
@@ -257,10 +240,10 @@ class Trainer:
     def run(self, on_step: Callable | None = None) -> dict:
         c = self.config
         start = int(self.state["step"])
-        bar = tqdm(total=c.total_steps, initial=start, desc="grpo", disable=not c.log.progress)
+        bar = tqdm(total=self.settings.total_steps, initial=start, desc="grpo", disable=not c.log.progress)
         last = {}
         try:
-            while int(self.state["step"]) < c.total_steps and not self.curriculum.finished:
+            while int(self.state["step"]) < self.settings.total_steps and not self.curriculum.finished:
                 metrics = self.train_step()
                 step = int(self.state["step"])
                 stage_name = self.curriculum.stage.name
@@ -287,8 +270,6 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """The configured benchmarks on the current policy; files under evals/step_<N>."""
-        from dsrl_jax.evaluate import evaluate_policy, metrics_for_logging
-
         step = int(self.state["step"])
         summary = evaluate_policy(self.policy, self.config.eval.benchmarks, self.config.eval,
                                   params=self.state["params"], sampler=self.sampler, pool=self.pool,

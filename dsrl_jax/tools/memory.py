@@ -42,12 +42,11 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from dsrl_jax import parallel
+from dsrl_jax import parallel, settings
 from dsrl_jax.models import qwen2
 from dsrl_jax.models.config import Qwen2Config, preset
 from dsrl_jax.rl import batch as batch_lib
 from dsrl_jax.rl import update
-from dsrl_jax.rl.trainer import stage_loss
 from dsrl_jax.sampling import SampleOptions, Sampler, bucket
 from dsrl_jax.tools import planning, throughput, topologies
 
@@ -99,6 +98,11 @@ def _batch_plan(c, mesh, rules) -> batch_lib.BatchPlan:
     """The trainer's mini/micro-batch sizes for one rollout batch of the config."""
     return batch_lib.batch_plan(c.rollout.batch_prompts * c.rollout.group_size, c.train,
                                 parallel.data_parallel_size(mesh, rules))
+
+
+def stage_loss(c, stage: dict) -> settings.Loss:
+    """The loss options the trainer uses for `stage` (a stage dict of config `c`): settings.stage_loss."""
+    return settings.stage_loss(settings.from_config(c), settings.parse_stages([stage])[0])
 
 
 def stage_lengths(stage, exact: bool = False) -> tuple[int, int]:
