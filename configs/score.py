@@ -19,7 +19,6 @@ import copy
 import ml_collections
 
 from dsrl_jax import defaults
-from dsrl_jax.data.decontaminate import PAPER_BENCHMARKS
 from dsrl_jax.data.levels import paper_level_rules
 
 
@@ -45,7 +44,7 @@ def get_config():
     c.limit = 0  # first N problems of each source (smoke runs); 0 = all
     # Rows overlapping the evaluation benchmarks are dropped before scoring; the report is
     # written beside the output (<output>.decontamination.json). "" = off.
-    c.decontaminate = ml_collections.ConfigDict({**defaults.DECONTAMINATE, "against": PAPER_BENCHMARKS})
+    c.decontaminate = ml_collections.ConfigDict({**defaults.DECONTAMINATE, "against": defaults.PAPER_BENCHMARKS})
     c.proxies = [
         # rows_per_device: what fits a v5e-8 (16 GiB per chip) at 2048 + 16384 tokens, per
         # `python -m dsrl_jax.tools.throughput --config=configs/score.py --topology=v5e-8`

@@ -9,8 +9,7 @@ records carry `levels`; stage 1 trains on L2 (1.5B fails, 7B sometimes solves, o
 partial). Paper: the reward plateaued and the run switched to stage 2 at step ~1600.
 """
 from configs import base
-from dsrl_jax.data.decontaminate import PAPER_BENCHMARKS
-from dsrl_jax.defaults import PLATEAU
+from dsrl_jax.defaults import PAPER_BENCHMARKS, PLATEAU
 from dsrl_jax.settings import stage_dict
 
 

@@ -8,7 +8,7 @@ without loading the library, and the library modules take their defaults from he
     EVAL             evaluate.default_eval_config()
     REWARDS          rewards.DEFAULT_CONFIG (per domain); REWARD_SETTINGS: its non-domain keys
     STAGE, PLATEAU   rl.curriculum.default_stage() / default_plateau()
-    DECONTAMINATE    the `data.decontaminate` block
+    DECONTAMINATE    the `data.decontaminate` block; PAPER_BENCHMARKS what the paper configs check against
 
 Callers copy before changing (`copy.deepcopy`, or `ml_collections.ConfigDict(...)`, which copies).
 """
@@ -95,6 +95,9 @@ PLATEAU = {
 }
 
 # Decontamination of the training records against benchmarks; against "" = off.
+# The benchmarks the paper reports: the paper configs drop training rows that overlap them.
+PAPER_BENCHMARKS = "aime24,aime25,math500,amc23,livecodebench"
+
 DECONTAMINATE = {
     "against": "",  # benchmarks: "aime24,math500" (hub) or "name=path,..."
     "ngram": 13,  # n-gram length in normalised tokens

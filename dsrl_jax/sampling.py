@@ -64,8 +64,8 @@ class Sampler:
         self.min_batch_bucket = min_batch_bucket
         self.batch_axes = parallel.batch_sharding(self.mesh, 1, rules).spec[0]
         # Activations' batch dimension pinned to the data axes in every program (parallel.pinned).
-        self._generate = jax.jit(parallel.pinned(self._generate_impl, self.mesh, self.batch_axes),
-                                 static_argnames=("max_new_bucket", "opts", "gather_per_layer"))
+        self.generate_program = jax.jit(parallel.pinned(self._generate_impl, self.mesh, self.batch_axes),
+                                        static_argnames=("max_new_bucket", "opts", "gather_per_layer"))
         self._continuous = {}  # continuous.Layout shape -> continuous.Programs
         self._prepare = {}
 
@@ -160,7 +160,7 @@ class Sampler:
     def _sample_static(self, params, prompts, rng, opts, row0: int = 0) -> SampleOutput:
         tokens, mask = self.pad_prompts(prompts, opts.n)
         sharding = self.input_sharding(tokens.shape[0])
-        out = self._generate(
+        out = self.generate_program(
             params, parallel.to_global(tokens, sharding), parallel.to_global(mask, sharding), rng,
             jnp.int32(opts.max_new_tokens), jnp.float32(opts.temperature), jnp.float32(opts.top_p),
             jnp.int32(row0), max_new_bucket=self.new_tokens_bucket(opts.max_new_tokens), opts=opts.static(),
@@ -172,7 +172,7 @@ class Sampler:
 
     def compiled_programs(self) -> int:
         """How many programs the sampler has compiled (one per bucket and static option set)."""
-        return self._generate._cache_size() + sum(
+        return self.generate_program._cache_size() + sum(
             p.prefill._cache_size() + p.decode._cache_size() for p in self._continuous.values())
 
     # -- device side -----------------------------------------------------------------------

@@ -46,13 +46,13 @@ import unicodedata
 
 import ml_collections
 
-from dsrl_jax import paths
+from dsrl_jax import defaults, paths
 from dsrl_jax.data.sources import load_sources
 from dsrl_jax.evaluate import default_eval_config, load_benchmark, parse_benchmarks
 
 # The paper's evaluation benchmarks plus AIME25 and AMC23 (common companions), by their
 # dsrl_jax.evaluate names; offline, give `name=path` pairs instead.
-PAPER_BENCHMARKS = "aime24,aime25,math500,amc23,livecodebench"
+PAPER_BENCHMARKS = defaults.PAPER_BENCHMARKS
 
 _SPACING = re.compile(r"\\(?:left|right|bigg?[lr]?|displaystyle|textstyle|q?quad)(?![a-zA-Z])|\\[ ,;:!]|[{}$~]")
 _FRAC = re.compile(r"\\[dt]frac(?![a-zA-Z])")
@@ -61,11 +61,7 @@ _TOKEN = re.compile(r"[^\W_]+|[^\w\s]|_")
 
 def default_config(against: str = "") -> ml_collections.ConfigDict:
     """The `data.decontaminate` block: `against` "" = off."""
-    return ml_collections.ConfigDict(dict(
-        against=against,  # benchmarks: "aime24,math500" (hub) or "name=path,..."
-        ngram=13,  # n-gram length in normalised tokens
-        min_coverage=0.5,  # share of a benchmark problem's n-grams that marks a row
-    ))
+    return ml_collections.ConfigDict({**defaults.DECONTAMINATE, "against": against})
 
 
 def tokens(text: str) -> list[str]:

@@ -208,7 +208,7 @@ class RewardPool:
                 self._fail_all(RuntimeError(f"reward workers die at startup (exit code {w.proc.exitcode})"))
                 return
         if w.task is not None:
-            w.task[1].set_result(RewardResult(0.0, {"error": error, "correct": False}))
+            w.task[1].set_result(RewardResult(0.0, {"error": error}))
             w.task = None
         self.stats[error] += 1
         w.stop()

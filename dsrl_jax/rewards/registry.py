@@ -143,18 +143,15 @@ def validate_reward_config(cfg) -> None:
 
 def score_record(response: str, record: dict, specs: dict[str, list[RewardSpec]]) -> RewardResult:
     """Weighted sum of the record's domain rewards; info keeps each component's details.
-
-    `info["correct"]` is True when every component scored 1 (pass@k counts these).
-    """
+    Whether the response counts as correct is `eval_metrics.is_correct` of the sum."""
     domain = record.get("domain")
     if domain not in specs:
         return RewardResult(0.0, {"error": f"no rewards configured for domain {domain!r}"})
-    total, info, correct = 0.0, {}, True
+    total, info = 0.0, {}
     for spec in specs[domain]:
         res = REWARDS[spec.name](response, record, **dict(spec.options))
         total += spec.weight * res.score
-        correct &= res.score >= 1.0
         info[spec.name] = {"score": res.score, **res.info}
     if len(specs[domain]) == 1:  # flatten the common case for readable output
         info = {"reward": specs[domain][0].name, **next(iter(info.values()))}
-    return RewardResult(total, {**info, "correct": bool(correct)})
+    return RewardResult(total, info)

@@ -9,7 +9,7 @@ and lowers + compiles, with `jax.jit(...).lower(ShapeDtypeStructs).compile()`:
   train_step    the real update (rl/update.train_step) of the largest curriculum stage:
                 rl.batch.abstract_batch [num_micro, micro_batch, prompt + response], the
                 sizes of rl.batch.batch_plan, the stage's loss
-  sampler       the real generate program (Sampler._generate) for one sampler call:
+  sampler       the real generate program (Sampler.generate_program) for one sampler call:
                 rollout.prompts_per_sample_call prompts (padded as the Sampler pads them)
                 x group_size samples, cache length prompt bucket + response bucket
   ref_logprobs  the no-gradient log-prob program, for `--logprob_rows` sequences
@@ -71,26 +71,22 @@ def model_config(c, preset_name: str | None = None, num_layers: int | None = Non
     return preset(preset_name or "deepseek-r1-distill-qwen-1.5b", **options)
 
 
-def _sds(shape, dtype, sharding):
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-
-
 def abstract_state(cfg, c, mesh, rules):
     """Sharded ShapeDtypeStructs of the train state {params, opt_state, step, rng}."""
     abstract = qwen2.abstract_params(cfg)
     shardings = parallel.param_shardings(qwen2.logical_axes(cfg), abstract, mesh, rules)
-    params = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, shardings)
+    params = jax.tree.map(lambda a, s: planning.sds(a.shape, a.dtype, s), abstract, shardings)
     tx, _ = update.make_optimizer(c.optim)
     # Adam moments take their parameter's sharding (as `jax.jit(tx.init)` on sharded
     # arrays gives at run time); counters and the like are replicated.
     rep = parallel.replicated(mesh)
     opt_shapes = jax.eval_shape(tx.init, params)
     opt_state = optax.tree_map_params(
-        tx, lambda a, s: _sds(a.shape, a.dtype, s), opt_shapes, shardings,
-        transform_non_params=lambda a: _sds(a.shape, a.dtype, rep))
+        tx, lambda a, s: planning.sds(a.shape, a.dtype, s), opt_shapes, shardings,
+        transform_non_params=lambda a: planning.sds(a.shape, a.dtype, rep))
     key = jax.eval_shape(lambda: jax.random.key(0))
-    state = {"params": params, "opt_state": opt_state, "step": _sds((), jnp.int32, rep),
-             "rng": _sds(key.shape, key.dtype, rep)}
+    state = {"params": params, "opt_state": opt_state, "step": planning.sds((), jnp.int32, rep),
+             "rng": planning.sds(key.shape, key.dtype, rep)}
     return state, tx
 
 
@@ -126,7 +122,7 @@ def plan_train_step(cfg, c, mesh, rules, state, tx, stage, *, micro_batch=None, 
                                         ref_logprobs=bool(loss_cfg.kl_coef))
     batch_axes = parallel.batch_sharding(mesh, 1, rules).spec[0]
     batch_sh = update.batch_shardings(mesh, batch_axes, abstract)
-    batch = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, batch_sh)
+    batch = jax.tree.map(lambda a, s: planning.sds(a.shape, a.dtype, s), abstract, batch_sh)
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     fn = update.make_train_step(cfg, loss_cfg, tx, state_sh, batch_sh, plen, c.train.logprob_chunk)
     t0 = time.perf_counter()
@@ -149,12 +145,12 @@ def plan_sampler(cfg, c, mesh, rules, params, stage, *, prompts_per_call=None):
     sh = sampler.input_sharding(rows)
     rep = parallel.replicated(mesh)
     key = jax.eval_shape(lambda: jax.random.key(0))
-    args = (params, _sds((rows, plen), jnp.int32, sh), _sds((rows, plen), jnp.bool_, sh),
-            _sds(key.shape, key.dtype, rep), _sds((), jnp.int32, rep), _sds((), jnp.float32, rep),
-            _sds((), jnp.float32, rep), _sds((), jnp.int32, rep))
+    args = (params, planning.sds((rows, plen), jnp.int32, sh), planning.sds((rows, plen), jnp.bool_, sh),
+            planning.sds(key.shape, key.dtype, rep), planning.sds((), jnp.int32, rep), planning.sds((), jnp.float32, rep),
+            planning.sds((), jnp.float32, rep), planning.sds((), jnp.int32, rep))
     t0 = time.perf_counter()
     new = sampler.new_tokens_bucket(opts.max_new_tokens)
-    compiled = sampler._generate.lower(*args, max_new_bucket=new, opts=opts.static()).compile()
+    compiled = sampler.generate_program.lower(*args, max_new_bucket=new, opts=opts.static()).compile()
     info = {"prompts_per_call": prompts, "padded_prompts": rows, "sequences": rows * r.group_size,
             "cache_len": plen + new, "compile_s": round(time.perf_counter() - t0, 1)}
     return planning.stats(compiled), info
@@ -165,8 +161,8 @@ def plan_logprobs(cfg, c, mesh, rules, params, stage, rows: int, exact_lengths=F
     sh = parallel.batch_sharding(mesh, 2, rules)
     fn = update.make_logprob_fn(cfg, plen, c.train.logprob_chunk, batch_sharding=sh)
     t0 = time.perf_counter()
-    compiled = fn.lower(params, _sds((rows, plen + mlen), jnp.int32, sh),
-                        _sds((rows, plen + mlen), jnp.bool_, sh)).compile()
+    compiled = fn.lower(params, planning.sds((rows, plen + mlen), jnp.int32, sh),
+                        planning.sds((rows, plen + mlen), jnp.bool_, sh)).compile()
     return planning.stats(compiled), {"rows": rows, "compile_s": round(time.perf_counter() - t0, 1)}
 
 

@@ -11,6 +11,11 @@ import jax
 import numpy as np
 
 
+def sds(shape, dtype, sharding) -> jax.ShapeDtypeStruct:
+    """An abstract array with a sharding: what the planners compile programs on."""
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+
 def preparse_topology(argv) -> str:
     """The --topology flag's value in argv (default v5e-8), read before flags are parsed:
     the fake devices must exist before JAX starts its backends."""

@@ -53,10 +53,6 @@ TRUNCATED = 0.15  # fraction of responses cut at the cap
 MEAN = 0.45  # mean response length / cap
 
 
-def _sds(shape, dtype, sharding):
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-
-
 def sampling_params(sampler, replicate: bool, training_params=None):
     """Abstract parameters as the sampler decodes from them: Sampler.prepare's output
     (compute dtype, layers unstacked; replicated over the data axes, or with `replicate`
@@ -69,7 +65,7 @@ def sampling_params(sampler, replicate: bool, training_params=None):
         sh = jax.tree.map(lambda a: a.sharding, training_params)
         layer = jax.tree.map(lambda s: NamedSharding(s.mesh, P(*s.spec[1:])), sh["layers"])
         shardings = {**sh, "layers": tuple(layer for _ in range(sampler.cfg.num_layers))}
-    return jax.tree.map(lambda a, s: _sds(a.shape, dtype, s), abstract, shardings)
+    return jax.tree.map(lambda a, s: planning.sds(a.shape, dtype, s), abstract, shardings)
 
 
 def compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill: bool = True, cpu_raw: bool = True):
@@ -91,7 +87,7 @@ def compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill: 
         raw = [dict(st), dict(st) if prefill else None]
     f32 = Sampler(dataclasses.replace(sampler.cfg, dtype="float32", param_dtype="float32"), sampler.mesh,
                   sampler.rules)
-    params32 = jax.tree.map(lambda a: _sds(a.shape, jnp.float32, a.sharding), params)
+    params32 = jax.tree.map(lambda a: planning.sds(a.shape, jnp.float32, a.sharding), params)
     full = _compile_continuous(f32, layout, params32, dataclasses.replace(opts, cache_dtype="float32"), prompt_len,
                                prefill)
     out = []
@@ -114,8 +110,8 @@ def abstract_state(sampler, layout, cache_dtype):
     progs = continuous.Programs(sampler, layout)
     shapes = jax.eval_shape(functools.partial(progs.init_state, cache_dtype=cache_dtype))
     pool_sh = progs.pool_sharding()
-    return {k: (tuple(_sds(x.shape, x.dtype, pool_sh) for x in v) if k in ("k", "v")
-                else _sds(v.shape, v.dtype, progs.slot_sharding(v.ndim))) for k, v in shapes.items()}
+    return {k: (tuple(planning.sds(x.shape, x.dtype, pool_sh) for x in v) if k in ("k", "v")
+                else planning.sds(v.shape, v.dtype, progs.slot_sharding(v.ndim))) for k, v in shapes.items()}
 
 
 def _compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill: bool = True):
@@ -127,16 +123,16 @@ def _compile_continuous(sampler, layout, params, opts, prompt_len: int, prefill:
     key = jax.eval_shape(lambda: jax.random.key(0))
     gather = gathers_weights(params, sampler.mesh, sampler.rules)
     dec = progs.decode.lower(
-        params, state, _sds((g, s, m), jnp.int32, sh(3)), _sds((g, n), jnp.int32, sh(2)), _sds((g, n), jnp.int32, sh(2)),
-        _sds((g * s,), jnp.bool_, sh(1)), _sds(key.shape, key.dtype, rep), _sds((), jnp.int32, rep),
-        _sds((), jnp.float32, rep), _sds((), jnp.float32, rep), steps=opts.steps_per_call, opts=opts.static(),
+        params, state, planning.sds((g, s, m), jnp.int32, sh(3)), planning.sds((g, n), jnp.int32, sh(2)), planning.sds((g, n), jnp.int32, sh(2)),
+        planning.sds((g * s,), jnp.bool_, sh(1)), planning.sds(key.shape, key.dtype, rep), planning.sds((), jnp.int32, rep),
+        planning.sds((), jnp.float32, rep), planning.sds((), jnp.float32, rep), steps=opts.steps_per_call, opts=opts.static(),
         gather_per_layer=gather).compile()
     length = -(-bucket(prompt_len, sampler.min_prompt_bucket) // layout.P) * layout.P
     a = bucket(min(s, opts.prefill_rows), 1)  # the largest prefill of a round
     pre = None if not prefill else progs.prefill.lower(
-        params, state, _sds((g * a, length), jnp.int32, sh(2)), _sds((g * a, length), jnp.bool_, sh(2)),
-        _sds((g, a), jnp.int32, sh(2)), _sds((g, a, length // layout.P), jnp.int32, sh(3)),
-        _sds((g, a), jnp.int32, sh(2)), _sds((g, a), jnp.int32, sh(2)), cache_dtype=opts.cache_dtype,
+        params, state, planning.sds((g * a, length), jnp.int32, sh(2)), planning.sds((g * a, length), jnp.bool_, sh(2)),
+        planning.sds((g, a), jnp.int32, sh(2)), planning.sds((g, a, length // layout.P), jnp.int32, sh(3)),
+        planning.sds((g, a), jnp.int32, sh(2)), planning.sds((g, a), jnp.int32, sh(2)), cache_dtype=opts.cache_dtype,
         gather_per_layer=gather).compile()
     out = []
     for compiled in (dec, pre):
@@ -271,7 +267,7 @@ def plan_sampling_program(cfg, mesh, rules, topology, prompt_len: int, new_token
         sampler = Sampler(small, mesh, rules)
         abstract = qwen2.abstract_params(small)
         train_sh = parallel.param_shardings(qwen2.logical_axes(small), abstract, mesh, rules)
-        train = jax.tree.map(lambda a, s: _sds(a.shape, a.dtype, s), abstract, train_sh)
+        train = jax.tree.map(lambda a, s: planning.sds(a.shape, a.dtype, s), abstract, train_sh)
         params = sampling_params(sampler, replicate, train)
         for slots in (2 * dp, 4 * dp):
             kv = pool_tokens(slots)

@@ -37,7 +37,7 @@ def test_weighted_combination_and_new_reward_in_one_line():
     res = score_record(response, {"domain": "math", "answer": "2"}, specs)
     assert res.score == pytest.approx(1.0 + 0.5 - 0.01 * len(response))
     assert res.info["math"]["extracted"] == "2" and res.info["length_penalty_test"]["chars"] == len(response)
-    assert res.info["correct"] is False  # the penalty component is not 1
+    assert "correct" not in res.info  # correct is eval_metrics.is_correct(reward), defined once
     missing = score_record(response, {"domain": "code", "tests": []}, specs)
     assert missing.score == 0 and "no rewards configured" in missing.info["error"]
     del REWARDS["length_penalty_test"]
