@@ -141,13 +141,14 @@ def test_trainer_loads_decontaminated_records(tmp_path):
     from types import SimpleNamespace
 
     from configs import base
+    from dsrl_jax import settings
     from dsrl_jax.rl.trainer import Trainer
 
     bench, data = _tiny_data(tmp_path)
     c = base.get_config()
     c.data.sources = [{"path": data}]
     c.data.decontaminate.against = f"tiny={bench}"
-    records = Trainer._load_records(SimpleNamespace(config=c, workdir=str(tmp_path)))
+    records = Trainer._load_records(SimpleNamespace(config=c, settings=settings.from_config(c), workdir=str(tmp_path)))
     assert [r["id"] for r in records] == ["r2"]
     assert json.load(open(tmp_path / "decontamination.json"))["by_benchmark"] == {"tiny": 1}
 
