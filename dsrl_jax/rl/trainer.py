@@ -4,9 +4,10 @@
 
 One step, as in the paper's method:
   1. take a batch of prompts from the current stage's pipeline (levels, domains, mixture);
-  2. sample `group_size` completions per prompt with the jitted sampler, on the same
-     device arrays the update trains (no host round-trip of parameters), through
-     `dsrl_jax.policy.rollout`, the path scoring and evaluation use too;
+  2. sample `group_size` completions per prompt with the jitted sampler, from the device
+     arrays the update trains (no host round-trip of parameters; with continuous batching
+     converted on device into the sampling layout first), through `dsrl_jax.policy.rollout`,
+     the path scoring and evaluation use too;
   3. grade them in reward worker processes (each process grades its share of the rows), each
      row submitted as it finishes, so grading overlaps decoding; then wait for the rewards;
   4. group-relative advantages; optionally drop all-equal groups and refill (dynamic sampling);
@@ -148,12 +149,16 @@ class Trainer:
         """Groups for one update (dynamic sampling refills from further prompt batches); the
         batch sizes and refill rules are the run's rollout block, not the stage's overrides."""
         opts, r = self._sample_options(stage), self.settings.rollout
+        # Continuous batching decodes from the sampling layout (Sampler.prepare: compute dtype,
+        # replicated over the data axes), converted once per step on device, as the rollout
+        # plan of tools/throughput.py assumes; the static path decodes the training arrays.
+        params = self.sampler.prepare(self.state["params"]) if opts.max_in_flight else self.state["params"]
         kept, all_groups, gen = [], [], {}
         for attempt in range(1 + (r.max_refill_batches if r.dynamic_sampling else 0)):
             batch = next(self.pipeline)
             with timer.phase("rollout"):
                 ro = policy_lib.rollout(self.policy, self.sampler, batch.records, jax.random.fold_in(key, attempt),
-                                        opts, self.pool, params=self.state["params"],
+                                        opts, self.pool, params=params,
                                         prompt_ids=batch.prompt_ids, rows_per_call=r.prompts_per_sample_call)
             with timer.phase("rewards_wait"):
                 groups = rollout.groups_of(ro.wait())

@@ -1,6 +1,7 @@
 """A small, real GRPO run for the kill-and-resume tests (tests/rl/test_trainer.py).
 
     python tests/rl/trainer_script.py WORKDIR [--steps 6] [--step_sleep 0.5] [--mesh data=2,fsdp=2,tensor=2]
+                                      [--max_in_flight 3]
 
 With DSRL_COORDINATOR / DSRL_NUM_PROCESSES / DSRL_PROCESS_ID set it joins a multi-process
 run (`parallel.initialize_distributed`); XLA_FLAGS from the environment sets the number of
@@ -89,6 +90,7 @@ def main():
     parser.add_argument("--step_sleep", type=float, default=0.0, help="seconds to idle after each step")
     parser.add_argument("--mesh", default="fsdp=2", help="mesh axes, e.g. data=2,fsdp=2,tensor=2")
     parser.add_argument("--micro_batch", type=int, default=2, help="sequences per micro-batch")
+    parser.add_argument("--max_in_flight", type=int, default=0, help="> 0: continuous batching with this many slots")
     args = parser.parse_args()
     from dsrl_jax import parallel
 
@@ -107,6 +109,7 @@ def main():
     config = make_config(args.steps, mesh, args.micro_batch)
     config.model.update(init=model_dir, remat="none")
     config.data.sources = [{"path": os.path.join(inputs, "problems.jsonl")}]
+    config.rollout.max_in_flight = args.max_in_flight
     trainer = Trainer(config, args.workdir)
     on_step = (lambda t, step, m: (print(f"STEP {step}", flush=True), time.sleep(args.step_sleep)))
     try:
