@@ -6,7 +6,11 @@
 Random weights of the `small` preset (fp32, CPU) sample at temperature 1; a set of stop ids
 holding about 1 / mean_len of the next-token mass makes response lengths roughly geometric
 (mean ~mean_len, a long tail up to the cap). Both paths get the same weights, the same rows
-and the same per-row draws, so they generate the same tokens:
+and the same per-row draws, so they generate the same tokens up to rounding: their
+attention sums in a different order (a paged pool vs one cache per call), and a draw that
+lands within rounding of a token's boundary in the inverse CDF can pick its neighbour, after
+which that row goes its own way (`same tokens` in the output says whether every row agreed;
+greedy decoding agrees row for row, tests/test_continuous.py):
 
   static       SampleOptions(max_in_flight=None) in calls of `slots` rows; each call decodes
                until its longest row stops (the sampler's static path)

@@ -205,7 +205,7 @@ def eval_config(shared: str, model: str, size: dict):
 def recording_placements(log: list):
     """Wraps the real `load_policy` where the entry points call it and records where each
     policy's parameters landed (spec, PartitionSpec, devices, shard shape)."""
-    from dsrl_jax import evaluate, policy
+    from dsrl_jax import evaluate, policy, score
     from dsrl_jax.rl import trainer
 
     real = policy.load_policy
@@ -215,7 +215,7 @@ def recording_placements(log: list):
         log.append({"spec": os.path.basename(str(spec).rstrip("/")), **placement(pol.params)})
         return pol
 
-    modules = (policy, evaluate, trainer)
+    modules = (policy, score, evaluate, trainer)  # each binds the name at import
     for m in modules:
         m.load_policy = load_policy
     try:
