@@ -31,7 +31,7 @@ SHARDING_RULES = {
 LOSS = {
     "clip_low": 0.2,
     "clip_high": 0.2,  # > clip_low for DAPO clip-higher, e.g. 0.28
-    "dual_clip": None,  # e.g. 3.0: cap on the loss of negative-advantage tokens
+    "dual_clip": 0.0,  # 0 = off; e.g. 3.0: cap on the loss of negative-advantage tokens
     "kl_coef": 0.001,  # 0 drops the term and the reference model
     "kl_estimator": "k3",  # key of rl.grpo.KL_ESTIMATORS
     "entropy_coef": 0.001,  # bonus: loss -= entropy_coef * entropy; stage 2: 0

@@ -44,7 +44,7 @@ class Loss:
 
     clip_low: float
     clip_high: float
-    dual_clip: float | None
+    dual_clip: float  # 0 = off
     kl_coef: float
     kl_estimator: str
     entropy_coef: float

@@ -113,7 +113,7 @@ def policy_loss(logprobs: Array, old_logprobs: Array | None, advantages: Array, 
     """PPO clipped surrogate per token: max(-A r, -A clip(r, 1-clip_low, 1+clip_high)).
 
     `clip_high > clip_low` is DAPO's clip-higher (room for low-probability tokens to rise).
-    `dual_clip=c > 1` additionally caps the loss of negative-advantage tokens at -A c, so a
+    `dual_clip=c > 1` (None or 0: off) additionally caps the loss of negative-advantage tokens at -A c, so a
     huge ratio on a bad token cannot dominate the update. Masked tokens get ratio 1 and
     loss 0, whatever garbage their logprobs hold, and zero gradient.
 
@@ -132,7 +132,7 @@ def policy_loss(logprobs: Array, old_logprobs: Array | None, advantages: Array, 
     is_high = (ratio > 1.0 + clip_high) & (adv > 0)
     is_low = (ratio < 1.0 - clip_low) & (adv < 0)
     metrics = {}
-    if dual_clip is not None:
+    if dual_clip:
         cap = -adv * dual_clip
         is_dual = (adv < 0) & (loss > cap)
         loss = jnp.where(adv < 0, jnp.minimum(loss, cap), loss)
@@ -261,7 +261,7 @@ def validate_loss_config(cfg) -> None:
         (cfg.loss_agg in LOSS_AGGREGATIONS, f"unknown loss_agg {cfg.loss_agg!r}"),
         (cfg.adv_std_mode in ADVANTAGE_STD_MODES, f"unknown adv_std_mode {cfg.adv_std_mode!r}"),
         (0 <= cfg.clip_low < 1 and cfg.clip_high >= 0, "need 0 <= clip_low < 1, clip_high >= 0"),
-        (cfg.dual_clip is None or cfg.dual_clip > 1, "dual_clip must be None or > 1"),
+        (not cfg.dual_clip or cfg.dual_clip > 1, "dual_clip must be 0 (off) or > 1"),
         (cfg.loss_agg != "seq-mean-token-sum-norm" or cfg.max_response_len,
          "seq-mean-token-sum-norm needs max_response_len"),
     ]
