@@ -1,7 +1,7 @@
 """Sampler throughput: our jitted KV-cache sampler vs transformers `generate`, same weights.
 
     python experiments/bench_sampler.py            # full table (tens of minutes on 2 cores)
-    python experiments/bench_sampler.py --quick    # a few rows
+    python experiments/bench_sampler.py --quick    # a few rows (writes bench_sampler_quick.json)
 
 fp32 on CPU, random weights of the `small` (~7M) and `medium` (~74M) presets. Generation
 runs to max_new_tokens (no stop token) so both sides produce the same number of tokens.
@@ -97,8 +97,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--out", default=None, help="default: results/bench_sampler.json (bench_sampler_quick.json with --quick)")
     args = ap.parse_args()
+    args.out = args.out or (RESULTS.replace(".json", "_quick.json") if args.quick else RESULTS)
     torch.manual_seed(0)
     rows_spec = [  # (model, batch, prompt, new, greedy)
         ("small", 64, 128, 256, True), ("small", 64, 128, 256, False),
